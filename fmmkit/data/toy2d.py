@@ -1,0 +1,237 @@
+"""2D toy distributions: ``checkerboard``, ``eight_gaussians``, ``two_moons``, ``pinwheel``, ``spirals``.
+
+Every source draws float32 points of shape (2,) using only the generator it is given. With
+``labels = true`` a source also returns the index of the mode (square, Gaussian, moon, blade, arm)
+each point came from, for class-conditional runs.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import abstractmethod
+from typing import Any
+
+import attrs
+import torch
+from torch import Tensor
+
+from fmmkit.core import Batch, DataSource
+from fmmkit.core.validators import at_least, non_negative, positive
+from fmmkit.hookspecs import hookimpl
+
+
+class Toy2D(DataSource):
+    """A 2D toy source: subclasses draw (points, mode index) and say how many modes there are."""
+
+    shape = (2,)
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+        self.num_classes = self.num_modes if config.labels else None
+
+    @property
+    @abstractmethod
+    def num_modes(self) -> int:
+        """Number of modes (the label count when ``labels`` is on)."""
+
+    @abstractmethod
+    def _draw(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """n points (n, 2) float32 and their mode indices (n,) int64."""
+
+    def _extent(self) -> float:
+        return 4.0
+
+    def sample(self, n: int, generator: torch.Generator) -> Batch:
+        x, mode = self._draw(n, generator)
+        return Batch(x.to(torch.float32), mode if self.config.labels else None)
+
+    def bounds(self) -> tuple[float, float]:
+        lim = self._extent()
+        return (-lim, lim)
+
+
+def _randn(n: int, generator: torch.Generator, *shape: int) -> Tensor:
+    return torch.randn((n, *shape), generator=generator)
+
+
+def _rand(n: int, generator: torch.Generator, *shape: int) -> Tensor:
+    return torch.rand((n, *shape), generator=generator)
+
+
+def _rotate(r: Tensor, angle: Tensor) -> Tensor:
+    """Points at polar (r, angle) as (n, 2)."""
+    return torch.stack([r * torch.cos(angle), r * torch.sin(angle)], dim=1)
+
+
+@attrs.define(frozen=True)
+class CheckerboardConfig:
+    """scale: side of one square (the board covers [-2 scale, 2 scale]^2); labels: return the square index."""
+
+    scale: float = attrs.field(default=1.0, validator=positive)
+    labels: bool = False
+
+
+class Checkerboard(Toy2D):
+    """Uniform on the 8 black squares of a 4x4 board on [-2, 2]^2: those with floor(x) + floor(y) even.
+
+    Density 1 / (8 scale^2) on the black squares and 0 elsewhere.
+    """
+
+    Config = CheckerboardConfig
+    #: lower-left corners (in units of scale) of the black squares
+    CORNERS = torch.tensor([(i - 2, j - 2) for i in range(4) for j in range(4) if (i + j) % 2 == 0], dtype=torch.float32)
+
+    @property
+    def num_modes(self) -> int:
+        return 8
+
+    def _draw(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        square = torch.randint(8, (n,), generator=generator)
+        return (self.CORNERS[square] + _rand(n, generator, 2)) * self.config.scale, square
+
+    def density(self, x: Tensor) -> Tensor:
+        u = x / self.config.scale
+        inside = ((u >= -2) & (u < 2)).all(dim=1)
+        black = torch.floor(u).sum(dim=1).remainder(2) == 0
+        return (inside & black).to(x.dtype) / (8 * self.config.scale**2)
+
+    def _extent(self) -> float:
+        return 2.0 * self.config.scale
+
+
+@attrs.define(frozen=True)
+class EightGaussiansConfig:
+    """radius: distance of the 8 centres from the origin; std: isotropic std of each Gaussian."""
+
+    radius: float = attrs.field(default=2.0, validator=positive)
+    std: float = attrs.field(default=0.2, validator=positive)
+    labels: bool = False
+
+
+class EightGaussians(Toy2D):
+    """Equal mixture of N(c_k, std^2 I), c_k = radius (cos 2 pi k / 8, sin 2 pi k / 8); density known."""
+
+    Config = EightGaussiansConfig
+
+    @property
+    def num_modes(self) -> int:
+        return 8
+
+    def centres(self) -> Tensor:
+        angle = torch.arange(8, dtype=torch.float64) * (2 * math.pi / 8)
+        return _rotate(torch.full((8,), self.config.radius, dtype=torch.float64), angle)
+
+    def _draw(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        k = torch.randint(8, (n,), generator=generator)
+        return self.centres().float()[k] + self.config.std * _randn(n, generator, 2), k
+
+    def density(self, x: Tensor) -> Tensor:
+        var = self.config.std**2
+        d2 = (x[:, None, :] - self.centres().to(x)[None]).pow(2).sum(-1)  # (B, 8)
+        return torch.exp(-d2 / (2 * var)).mean(dim=1) / (2 * math.pi * var)
+
+    def _extent(self) -> float:
+        return max(4.0, self.config.radius + 6 * self.config.std)
+
+
+@attrs.define(frozen=True)
+class TwoMoonsConfig:
+    """noise: std of the Gaussian noise added to the two half circles (in output units)."""
+
+    noise: float = attrs.field(default=0.1, validator=non_negative)
+    labels: bool = False
+
+
+class TwoMoons(Toy2D):
+    """Two interleaved half circles of radius 2, centred at the origin (scikit-learn's moons x 2)."""
+
+    Config = TwoMoonsConfig
+
+    @property
+    def num_modes(self) -> int:
+        return 2
+
+    def _draw(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        moon = torch.randint(2, (n,), generator=generator)
+        angle = math.pi * _rand(n, generator)
+        upper = torch.stack([torch.cos(angle), torch.sin(angle)], dim=1)
+        lower = torch.stack([1 - torch.cos(angle), 0.5 - torch.sin(angle)], dim=1)
+        x = torch.where(moon[:, None] == 0, upper, lower)
+        x = 2 * (x - torch.tensor([0.5, 0.25]))
+        return x + self.config.noise * _randn(n, generator, 2), moon
+
+
+@attrs.define(frozen=True)
+class PinwheelConfig:
+    """arms: number of blades; radial_std, tangential_std: blade widths; rate: how fast blades curl."""
+
+    arms: int = attrs.field(default=5, validator=at_least(1))
+    radial_std: float = attrs.field(default=0.3, validator=non_negative)
+    tangential_std: float = attrs.field(default=0.1, validator=non_negative)
+    rate: float = attrs.field(default=0.25, validator=non_negative)
+    labels: bool = False
+
+
+class Pinwheel(Toy2D):
+    """Blade k: the point 2 (r, u), r = 1 + radial_std e1, u = tangential_std e2, rotated by
+    2 pi k / arms + rate exp(r) (the FFJORD pinwheel)."""
+
+    Config = PinwheelConfig
+
+    @property
+    def num_modes(self) -> int:
+        return self.config.arms
+
+    def _draw(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        cfg = self.config
+        blade = torch.randint(cfg.arms, (n,), generator=generator)
+        e = _randn(n, generator, 2)
+        r = 1 + cfg.radial_std * e[:, 0]
+        u = cfg.tangential_std * e[:, 1]
+        angle = blade * (2 * math.pi / cfg.arms) + cfg.rate * torch.exp(r)
+        c, s = torch.cos(angle), torch.sin(angle)
+        return 2 * torch.stack([c * r - s * u, s * r + c * u], dim=1), blade
+
+    def _extent(self) -> float:
+        return max(4.0, 2 * (1 + 4 * self.config.radial_std))
+
+
+@attrs.define(frozen=True)
+class SpiralsConfig:
+    """arms: number of spiral arms; turns: revolutions per arm; radius: outer radius; noise: Gaussian std."""
+
+    arms: int = attrs.field(default=2, validator=at_least(1))
+    turns: float = attrs.field(default=1.5, validator=positive)
+    radius: float = attrs.field(default=3.0, validator=positive)
+    noise: float = attrs.field(default=0.1, validator=non_negative)
+    labels: bool = False
+
+
+class Spirals(Toy2D):
+    """Archimedean arms r = radius theta / (2 pi turns), theta = 2 pi turns sqrt(u) (about uniform in arc length)."""
+
+    Config = SpiralsConfig
+
+    @property
+    def num_modes(self) -> int:
+        return self.config.arms
+
+    def _draw(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        cfg = self.config
+        arm = torch.randint(cfg.arms, (n,), generator=generator)
+        frac = torch.sqrt(_rand(n, generator))
+        theta = 2 * math.pi * cfg.turns * frac
+        x = _rotate(cfg.radius * frac, theta + arm * (2 * math.pi / cfg.arms))
+        return x + cfg.noise * _randn(n, generator, 2), arm
+
+    def _extent(self) -> float:
+        return max(4.0, self.config.radius + 5 * self.config.noise)
+
+
+@hookimpl
+def register_datasets(register) -> None:  # type: ignore[no-untyped-def]
+    register("checkerboard", Checkerboard)
+    register("eight_gaussians", EightGaussians)
+    register("two_moons", TwoMoons)
+    register("pinwheel", Pinwheel)
+    register("spirals", Spirals)

@@ -1,0 +1,108 @@
+"""``fmmkit eval``: sample quality of a run at 1, 2, 4, 8 flow-map steps and of the teacher ODE.
+
+Every row draws the same noise (seed ``eval.seed``) and is scored against the same reference sample
+of the data with each metric of ``eval.metrics``; NFE is network evaluations per sample.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fmmkit.core import BuildContext, VelocityField
+from fmmkit.runs import Run, atomic_write_text, load_run
+
+
+@dataclass
+class EvalRow:
+    """One sampler's scores: label, NFE per sample, throughput and metric values."""
+
+    label: str
+    nfe: int
+    samples_per_s: float
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def _teacher_field(run: Run) -> tuple[str, VelocityField]:
+    teacher = run.spec.teacher
+    if teacher is not None and teacher.run is not None and (Path(teacher.run) / "model.safetensors").is_file():
+        return "teacher ODE", load_run(teacher.run, device=run.device, registry=run.registry).model
+    if teacher is not None and teacher.component is not None:
+        ctx = BuildContext(data_shape=tuple(run.data.shape), num_classes=run.data.num_classes, interpolant=run.interpolant)
+        return "teacher ODE", run.registry.build("teacher", teacher.component.kind, teacher.component.config, ctx)
+    return "ODE", run.model
+
+
+def _timed(fn: Any) -> tuple[Any, float]:
+    start = time.perf_counter()
+    with torch.no_grad():
+        result = fn()
+    return result, time.perf_counter() - start
+
+
+def flow_map_rows(run: Run) -> list[tuple[str, Any, Any]]:
+    """(label, sampler, model) for each flow-map step count, unless the run trains only a velocity."""
+    if not getattr(run.registry.get("loss", run.spec.loss.kind).component, "trains_flow_map", True):
+        return []
+    return [(f"flow map, {k} step{'s' if k > 1 else ''}", run.sampler("flow_map", steps=k), run.model)
+            for k in run.spec.sample.steps]
+
+
+def sampler_rows(run: Run) -> list[tuple[str, Any, Any]]:
+    """Flow-map rows, then (label, sampler, velocity field) for each ODE solver of ``eval.ode``."""
+    prefix, field_ = _teacher_field(run)
+    ode = [run.registry.build("sampler", s.kind, s.config, BuildContext()) for s in run.spec.eval.ode]
+    return flow_map_rows(run) + [(f"{prefix} {sampler.label}", sampler, field_) for sampler in ode]
+
+
+def evaluate(run: Run | str | Path, num_samples: int | None = None, write: bool = True) -> list[EvalRow]:
+    """Score every sampler row of the run; writes ``eval.json`` into the run directory."""
+    run = run if isinstance(run, Run) else load_run(run)
+    cfg = run.spec.eval
+    n = num_samples or cfg.num_samples
+    reference = run.data.sample(n, torch.Generator().manual_seed(cfg.seed)).x1.float()
+    x0 = run.noise(n, seed=cfg.seed + 1)
+    metrics = {name: run.registry.build("metric", name, run.registry.get("metric", name).config(), BuildContext())
+               for name in cfg.metrics}
+    rows = []
+    for label, sampler, model in sampler_rows(run):
+        result, seconds = _timed(lambda: sampler(model, x0))
+        samples = result.x.float().cpu()
+        scores = {name: float(metric(samples, reference, run.data)) for name, metric in metrics.items()}
+        rows.append(EvalRow(label, result.nfe, n / max(seconds, 1e-9), scores))
+    if write:
+        atomic_write_text(run.path / "eval.json", json.dumps({"num_samples": n, "rows": [asdict(r) for r in rows]}, indent=2))
+    return rows
+
+
+def format_table(rows: list[EvalRow]) -> str:
+    """A plain-text table: one row per sampler, one column per metric."""
+    names = list(rows[0].metrics) if rows else []
+    header = ["sampler", "NFE", *names, "samples/s"]
+    body = [[r.label, str(r.nfe), *(f"{r.metrics[m]:.4f}" for m in names), f"{r.samples_per_s:,.0f}"] for r in rows]
+    widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
+    fmt = lambda line: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))  # noqa: E731
+    return "\n".join([fmt(header), fmt(["-" * w for w in widths]), *map(fmt, body)])
+
+
+def save_pictures(run: Run, path: Path | None = None) -> Path:
+    """A PNG of scatter plots: the data, then the flow map at each step count (or the ODE)."""
+    from fmmkit.plots import save_sample_grid
+
+    n = run.spec.sample.num_pictures
+    reference = run.data.sample(n, torch.Generator().manual_seed(run.spec.eval.seed)).x1.float().numpy()
+    x0 = run.noise(n, seed=run.spec.eval.seed + 1)
+    prefix, field_ = _teacher_field(run)
+    ode = run.sampler(run.spec.sample.picture_solver, steps=run.spec.sample.picture_solver_steps)
+    panels = []
+    for label, sampler, model in [*flow_map_rows(run), (f"{prefix} {ode.label}", ode, field_)]:
+        with torch.no_grad():
+            panels.append((label, sampler(model, x0).x.float().cpu().numpy()))
+    out = path or run.path / "samples.png"
+    save_sample_grid(out, panels, reference, run.data.bounds())
+    return out

@@ -1,0 +1,1 @@
+"""Built-in losses (each module is one of fmmkit's default plugins)."""

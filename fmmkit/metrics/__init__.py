@@ -1,0 +1,1 @@
+"""Built-in metrics (each module is one of fmmkit's default plugins)."""

@@ -1,0 +1,181 @@
+"""Sample-quality metrics for point clouds: ``energy_distance``, ``sliced_w2`` and ``histogram_kl``.
+
+All take generated ``samples`` (N, ...) and ``reference`` data (M, ...) on the CPU, flatten each point
+to a vector and compute in float64. Lower is better; each is 0 when the two laws agree.
+"""
+
+from __future__ import annotations
+
+import math
+
+import attrs
+import torch
+from torch import Tensor
+
+from fmmkit.core import DataSource, Metric
+from fmmkit.core.validators import non_negative, positive
+from fmmkit.hookspecs import hookimpl
+
+#: pairwise distances computed per chunk (float64 elements), bounding memory at ~32 MB per chunk
+_CHUNK_ELEMENTS = 2**22
+
+
+def _flat64(x: Tensor) -> Tensor:
+    return x.detach().reshape(x.shape[0], -1).to(device="cpu", dtype=torch.float64)
+
+
+def _distance_sum(a: Tensor, b: Tensor) -> float:
+    """sum_{i,j} |a_i - b_j|, in row chunks so that memory stays bounded for 20k x 20k."""
+    rows = max(1, _CHUNK_ELEMENTS // max(1, b.shape[0]))
+    return sum(float(torch.cdist(a[i : i + rows], b).sum()) for i in range(0, a.shape[0], rows))
+
+
+@attrs.define(frozen=True)
+class EnergyDistanceConfig:
+    """unbiased: U-statistic (drop the i = j terms of the within-sample means) instead of the V-statistic."""
+
+    unbiased: bool = True
+
+
+class EnergyDistance(Metric):
+    """Energy distance (Szekely's E-statistic) E = 2 E|X - Y| - E|X - X'| - E|Y - Y'|.
+
+    E >= 0 with equality iff X and Y have the same law. The default U-statistic averages
+    |X_i - X_j| over i != j, so it is unbiased (and may be slightly negative) for equal laws; the
+    V-statistic (``unbiased = false``) averages over all pairs and is biased upwards by O(1/N).
+    """
+
+    Config = EnergyDistanceConfig
+
+    def __init__(self, config: EnergyDistanceConfig = EnergyDistanceConfig()) -> None:
+        self.config = config
+
+    def __call__(self, samples: Tensor, reference: Tensor, data: DataSource | None = None) -> float:
+        x, y = _flat64(samples), _flat64(reference)
+        n, m = x.shape[0], y.shape[0]
+        if self.config.unbiased and min(n, m) < 2:
+            raise ValueError("energy_distance (unbiased) needs at least 2 samples and 2 reference points")
+        drop = 1 if self.config.unbiased else 0
+        xy = _distance_sum(x, y) / (n * m)
+        xx = _distance_sum(x, x) / (n * (n - drop))
+        yy = _distance_sum(y, y) / (m * (m - drop))
+        return 2 * xy - xx - yy
+
+
+def _w2_squared_1d(a: Tensor, b: Tensor) -> Tensor:
+    """Exact W2^2 between the empirical laws of the columns of a (N, L) and b (M, L): shape (L,).
+
+    W2^2 = int_0^1 (Q_a(q) - Q_b(q))^2 dq with empirical quantile functions Q, which are piecewise
+    constant between the levels {i / N} and {j / M}; for N = M it is mean((sort a - sort b)^2).
+    """
+    a, b = torch.sort(a, dim=0).values, torch.sort(b, dim=0).values
+    n, m = a.shape[0], b.shape[0]
+    if n == m:
+        return (a - b).pow(2).mean(dim=0)
+    levels = torch.unique(torch.cat([torch.arange(1, n + 1) / n, torch.arange(1, m + 1) / m]).double())
+    widths = torch.diff(levels, prepend=levels.new_zeros(1))
+    mid = levels - widths / 2
+    ia = (mid * n).long().clamp(max=n - 1)
+    ib = (mid * m).long().clamp(max=m - 1)
+    return (widths[:, None] * (a[ia] - b[ib]).pow(2)).sum(dim=0)
+
+
+@attrs.define(frozen=True)
+class SlicedW2Config:
+    """num_projections: random directions theta on the sphere; seed: of their generator."""
+
+    num_projections: int = attrs.field(default=256, validator=positive)
+    seed: int = attrs.field(default=0, validator=non_negative)
+
+
+class SlicedW2(Metric):
+    """Sliced Wasserstein-2: SW2 = (E_theta W2^2(<theta, X>, <theta, Y>))^(1/2), theta uniform on the sphere.
+
+    Each 1D W2 is exact between the two empirical laws (sorted projections; quantiles when sizes
+    differ); the expectation is a mean over ``num_projections`` fixed directions.
+    """
+
+    Config = SlicedW2Config
+    _BATCH = 32  # projections per chunk
+
+    def __init__(self, config: SlicedW2Config = SlicedW2Config()) -> None:
+        self.config = config
+
+    def __call__(self, samples: Tensor, reference: Tensor, data: DataSource | None = None) -> float:
+        x, y = _flat64(samples), _flat64(reference)
+        if x.shape[1] != y.shape[1]:
+            raise ValueError(f"sliced_w2: samples have {x.shape[1]} coordinates, reference {y.shape[1]}")
+        gen = torch.Generator().manual_seed(self.config.seed)
+        theta = torch.randn(x.shape[1], self.config.num_projections, generator=gen, dtype=torch.float64)
+        theta = theta / theta.norm(dim=0, keepdim=True)
+        total = sum(
+            float(_w2_squared_1d(x @ theta[:, i : i + self._BATCH], y @ theta[:, i : i + self._BATCH]).sum())
+            for i in range(0, theta.shape[1], self._BATCH)
+        )
+        return math.sqrt(max(total, 0.0) / self.config.num_projections)
+
+
+@attrs.define(frozen=True)
+class HistogramKLConfig:
+    """bins: per axis over the data's bounds() box; eps: added to model bin masses before the log."""
+
+    bins: int = attrs.field(default=100, validator=positive)
+    eps: float = attrs.field(default=1e-10, validator=positive)
+
+
+class HistogramKL(Metric):
+    """KL(p_data || p_model) = sum_bins p log(p / (q + eps)) on a bins x bins grid over data.bounds().
+
+    p_data: the true density at the bin centres times the bin area (normalised) when ``data.density``
+    is known, else the histogram of ``reference``; q: the fraction of ``samples`` in each bin (mass
+    outside the box counts as lost). 2D data only. The plug-in estimate is biased upwards by finite
+    samples: for the checkerboard at 100 bins, true samples score about 0.3 at N = 20k and 0.003 at 1M.
+    """
+
+    Config = HistogramKLConfig
+
+    def __init__(self, config: HistogramKLConfig = HistogramKLConfig()) -> None:
+        self.config = config
+
+    def _histogram(self, x: Tensor, lo: float, hi: float) -> Tensor:
+        """Counts of x (N, 2) per bin, flattened (bins^2,); points outside [lo, hi)^2 are dropped."""
+        bins = self.config.bins
+        idx = torch.floor((x - lo) / (hi - lo) * bins).long()
+        inside = ((idx >= 0) & (idx < bins)).all(dim=1)
+        idx = idx[inside]
+        return torch.bincount(idx[:, 0] * bins + idx[:, 1], minlength=bins * bins).double()
+
+    def __call__(self, samples: Tensor, reference: Tensor, data: DataSource) -> float:
+        if samples.shape[1:] != (2,) or reference.shape[1:] != (2,):
+            raise ValueError(
+                f"histogram_kl compares 2D points, got samples of shape {tuple(samples.shape)}; "
+                "use energy_distance or sliced_w2 for other dimensions"
+            )
+        x, ref = _flat64(samples), _flat64(reference)
+        box = data.bounds()
+        if box is None:  # no box from the data: the reference's range with a 5% margin
+            lo, hi = float(ref.min()), float(ref.max())
+            margin = 0.05 * (hi - lo) if hi > lo else 1.0
+            box = (lo - margin, hi + margin)
+        lo, hi = float(box[0]), float(box[1])
+        bins = self.config.bins
+        centres = lo + (torch.arange(bins, dtype=torch.float64) + 0.5) * ((hi - lo) / bins)
+        grid = torch.stack(torch.meshgrid(centres, centres, indexing="ij"), dim=-1).reshape(-1, 2)
+        density = data.density(grid.to(reference.dtype)) if data is not None else None
+        if density is not None:
+            p = density.double().clamp_min(0) * ((hi - lo) / bins) ** 2
+        else:
+            p = self._histogram(ref, lo, hi)
+        if float(p.sum()) <= 0:
+            raise ValueError(f"histogram_kl: the data has no mass in the box [{lo}, {hi}]^2")
+        p = p / p.sum()
+        q = self._histogram(x, lo, hi) / x.shape[0]
+        support = p > 0
+        return float((p[support] * (p[support].log() - (q[support] + self.config.eps).log())).sum())
+
+
+@hookimpl
+def register_metrics(register) -> None:  # type: ignore[no-untyped-def]
+    register("energy_distance", EnergyDistance)
+    register("sliced_w2", SlicedW2)
+    register("histogram_kl", HistogramKL)

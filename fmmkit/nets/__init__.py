@@ -1,0 +1,1 @@
+"""Built-in nets (each module is one of fmmkit's default plugins)."""

@@ -1,0 +1,68 @@
+"""``mlp``: an MLP backbone v(x, s, t, y) for vector data (2D toys, Gaussians, point sets)."""
+
+from __future__ import annotations
+
+import math
+
+import attrs
+import torch
+from torch import Tensor, nn
+
+from fmmkit.core import Backbone, BuildContext
+from fmmkit.core.validators import one_of, positive
+from fmmkit.hookspecs import hookimpl
+from fmmkit.nets.embeddings import TIME_EMBEDDINGS, TIME_PAIRS, TwoTimeEmbedding
+
+
+@attrs.define(frozen=True)
+class MLPConfig:
+    """width and depth of the hidden layers; time embedding kind and pair; time_dim per time."""
+
+    width: int = attrs.field(default=256, validator=positive)
+    depth: int = attrs.field(default=4, validator=positive)
+    time_embedding: str = attrs.field(default="sinusoidal", validator=one_of(TIME_EMBEDDINGS))
+    time_pair: str = attrs.field(default="s_t", validator=one_of(TIME_PAIRS))
+    time_dim: int = attrs.field(default=64, validator=positive)
+    zero_init_output: bool = True
+
+
+class MLP(Backbone):
+    """x (B, *shape) and times -> v (B, *shape): [x ++ e(s, t) ++ e(y)] -> depth x (Linear, SiLU) -> Linear."""
+
+    Config = MLPConfig
+
+    def __init__(self, config: MLPConfig, shape: tuple[int, ...], num_classes: int | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.shape = tuple(shape)
+        dim = math.prod(self.shape)
+        self.time = TwoTimeEmbedding(config.time_dim, config.time_embedding, config.time_pair)
+        self.label = nn.Embedding(num_classes + 1, config.width) if num_classes else None  # last index: no label
+        self.inp = nn.Linear(dim + self.time.dim, config.width)
+        self.hidden = nn.ModuleList(nn.Linear(config.width, config.width) for _ in range(config.depth - 1))
+        self.out = nn.Linear(config.width, dim)
+        if config.zero_init_output:
+            nn.init.zeros_(self.out.weight)
+            nn.init.zeros_(self.out.bias)
+
+    @classmethod
+    def build(cls, config: MLPConfig, ctx: BuildContext) -> MLP:
+        return cls(config, ctx.data_shape, ctx.num_classes)
+
+    def forward(self, x: Tensor, s: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        batch = x.shape[0]
+        assert x.shape[1:] == self.shape, f"mlp expects points of shape {self.shape}, got {tuple(x.shape[1:])}"
+        emb = self.time(s, t).to(x.dtype)  # (B, 2 time_dim)
+        h = self.inp(torch.cat([x.reshape(batch, -1), emb], dim=1))  # (B, width)
+        if self.label is not None:
+            labels = y if y is not None else torch.full((batch,), self.label.num_embeddings - 1, device=x.device)
+            h = h + self.label(labels).to(h.dtype)
+        h = nn.functional.silu(h)
+        for layer in self.hidden:
+            h = nn.functional.silu(layer(h))
+        return self.out(h).reshape(x.shape)  # (B, *shape)
+
+
+@hookimpl
+def register_backbones(register) -> None:  # type: ignore[no-untyped-def]
+    register("mlp", MLP)

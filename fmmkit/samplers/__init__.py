@@ -1,0 +1,1 @@
+"""Built-in samplers (each module is one of fmmkit's default plugins)."""

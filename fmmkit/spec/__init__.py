@@ -1,0 +1,7 @@
+"""TOML specs: typed, validated run descriptions (attrs + cattrs)."""
+
+from fmmkit.spec.errors import SpecError
+from fmmkit.spec.loader import load_spec, spec_to_dict, spec_to_toml
+from fmmkit.spec.schema import ComponentSpec, Spec, TeacherSpec
+
+__all__ = ["ComponentSpec", "Spec", "SpecError", "TeacherSpec", "load_spec", "spec_to_dict", "spec_to_toml"]

@@ -1,0 +1,116 @@
+"""The typed spec: one attrs class per TOML table.
+
+Component tables (``[data]``, ``[interpolant]``, ``[model]``, ``[loss]``, ``[teacher]``) name a
+registered ``kind`` and carry that component's own parameters, validated by its ``Config`` class.
+The other tables are fixed sections with the classes below; a section added here is parsed,
+validated, defaulted and written to the run's resolved spec with no further code.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from fmmkit.core.validators import at_least, each, non_negative, one_of, positive
+
+
+@attrs.define(frozen=True)
+class ComponentSpec:
+    """A registered component: its kind (registry name) and its validated config instance."""
+
+    kind: str
+    config: Any
+
+
+@attrs.define(frozen=True)
+class TeacherSpec:
+    """A frozen teacher velocity: a trained run directory, or a registered teacher kind."""
+
+    run: str | None = None
+    component: ComponentSpec | None = None
+
+
+@attrs.define(frozen=True)
+class OptimConfig:
+    """Optimiser (adam, adamw, radam), learning-rate schedule and gradient clipping (0 = off)."""
+
+    name: str = attrs.field(default="adam", validator=one_of(("adam", "adamw", "radam")))
+    lr: float = attrs.field(default=1e-3, validator=positive)
+    betas: list[float] = attrs.field(factory=lambda: [0.9, 0.999])
+    weight_decay: float = attrs.field(default=0.0, validator=non_negative)
+    grad_clip: float = attrs.field(default=0.0, validator=non_negative)
+    warmup_steps: int = attrs.field(default=0, validator=non_negative)
+    schedule: str = attrs.field(default="constant", validator=one_of(("constant", "cosine", "linear")))
+
+    @betas.validator
+    def _check_betas(self, attribute: attrs.Attribute[Any], value: list[float]) -> None:
+        from fmmkit.core.validators import SpecValueError
+
+        if len(value) != 2 or not all(0 <= b < 1 for b in value):
+            raise SpecValueError("betas", f"must be two numbers in [0, 1), got {value!r}")
+
+
+@attrs.define(frozen=True)
+class TrainConfig:
+    """Steps, batch size, seed, device ("auto" picks CUDA when visible) and logging interval."""
+
+    steps: int = attrs.field(default=2000, validator=non_negative)
+    batch_size: int = attrs.field(default=1024, validator=positive)
+    seed: int = 0
+    device: str = attrs.field(default="auto")
+    log_every: int = attrs.field(default=100, validator=positive)
+    threads: int = attrs.field(default=0, validator=non_negative)
+
+    @device.validator
+    def _check_device(self, attribute: attrs.Attribute[Any], value: str) -> None:
+        from fmmkit.core.validators import SpecValueError
+
+        if not (value in ("auto", "cpu", "cuda", "mps") or value.startswith("cuda:")):
+            raise SpecValueError("device", f"must be auto, cpu, cuda, cuda:N or mps, got {value!r}")
+
+
+@attrs.define(frozen=True)
+class SampleConfig:
+    """Flow-map step counts drawn for pictures and evaluation; points per picture panel; the ODE panel."""
+
+    steps: list[int] = attrs.field(factory=lambda: [1, 2, 4, 8], validator=each(positive))
+    num_pictures: int = attrs.field(default=4000, validator=positive)
+    picture_solver: str = "midpoint"
+    picture_solver_steps: int = attrs.field(default=50, validator=positive)
+
+
+@attrs.define(frozen=True)
+class EvalConfig:
+    """Evaluation: samples per row, metric names, and ODE solvers (sampler tables) for the velocity."""
+
+    num_samples: int = attrs.field(default=20000, validator=at_least(2))
+    metrics: list[str] = attrs.field(factory=lambda: ["energy_distance", "sliced_w2", "histogram_kl"])
+    ode: list[ComponentSpec] = attrs.field(factory=list, metadata={"components": "sampler"})
+    seed: int = 1234
+
+
+DEFAULT_ODE_SOLVERS: list[dict[str, Any]] = [
+    {"kind": "euler", "steps": 8},
+    {"kind": "euler", "steps": 32},
+    {"kind": "midpoint", "steps": 16},
+    {"kind": "rk4", "steps": 25},
+    {"kind": "dopri5"},
+]
+
+
+@attrs.define(frozen=True)
+class Spec:
+    """A whole run: what to train on, with which model and loss, and how to train and evaluate it."""
+
+    data: ComponentSpec = attrs.field(metadata={"component": "dataset"})
+    loss: ComponentSpec = attrs.field(metadata={"component": "loss"})
+    interpolant: ComponentSpec = attrs.field(metadata={"component": "interpolant", "default_kind": "linear"})
+    model: ComponentSpec = attrs.field(metadata={"component": "backbone", "default_kind": "mlp"})
+    teacher: TeacherSpec | None = None
+    optim: OptimConfig = attrs.field(factory=OptimConfig)
+    train: TrainConfig = attrs.field(factory=TrainConfig)
+    sample: SampleConfig = attrs.field(factory=SampleConfig)
+    eval: EvalConfig = attrs.field(factory=EvalConfig)
+    name: str = "run"
+    source: str = attrs.field(default="<dict>", metadata={"internal": True})

@@ -1,0 +1,53 @@
+"""A small TOML writer for resolved specs (nested tables, arrays of tables, scalars, arrays)."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+
+def _scalar(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_scalar(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} to TOML")
+
+
+def _is_table_array(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, dict) for v in value)
+
+
+def _write_table(lines: list[str], prefix: str, table: dict[str, Any]) -> None:
+    simple = {k: v for k, v in table.items() if v is not None and not isinstance(v, dict) and not _is_table_array(v)}
+    for key, value in simple.items():
+        lines.append(f"{key} = {_scalar(value)}")
+    for key, value in table.items():
+        name = f"{prefix}.{key}" if prefix else key
+        if isinstance(value, dict):
+            lines.append("")
+            lines.append(f"[{name}]")
+            _write_table(lines, name, value)
+        elif _is_table_array(value):
+            for item in value:
+                lines.append("")
+                lines.append(f"[[{name}]]")
+                _write_table(lines, name, item)
+
+
+def dumps(data: dict[str, Any]) -> str:
+    """TOML text for a dict of scalars, lists and nested dicts (None values are left out)."""
+    lines: list[str] = []
+    _write_table(lines, "", data)
+    return "\n".join(lines).lstrip("\n") + "\n"
