@@ -76,3 +76,11 @@ class Loss(Component, ABC):
 
     def on_step_end(self, model: FlowMap, step: int) -> None:
         """Called after each optimiser step (EMA teachers, progressive rounds)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Tensors and numbers the loss carries between steps (an EMA or frozen teacher, a round
+        counter), saved in checkpoints so that a resumed run continues exactly; empty by default."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
