@@ -145,7 +145,8 @@ class HistogramKL(Metric):
     p_data: the true density at the bin centres times the bin area (normalised) when ``data.density``
     is known, else the histogram of ``reference``; q: the fraction of ``samples`` in each bin (mass
     outside the box counts as lost). 2D data only. The plug-in estimate is biased upwards by finite
-    samples: for the checkerboard at 100 bins, true samples score about 0.3 at N = 20k and 0.003 at 1M.
+    samples (empty bins cost p log(p / eps)): true checkerboard samples score about 0.35 at N = 20k,
+    0.03 at 100k and 0.003 at 1M with 100 bins, so compare models at equal, large N (>= 100k).
     """
 
     Config = HistogramKLConfig
