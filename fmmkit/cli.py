@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fmmkit.core.errors import UserError
-from fmmkit.registry import PluginWarning
+from fmmkit.registry import PluginWarning, plural
 
 
 
@@ -89,7 +89,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
             origin = "built-in" if p.builtin else "installed"
             print(f"  {p.name} {p.version} ({origin}): {', '.join(p.hooks)}")
     for kind, table in registry.entries.items():
-        print(f"\n{kind}{'es' if kind.endswith('s') else 's'}:")
+        print(f"\n{plural(kind)}:")
         for name in sorted(table):
             entry = table[name]
             print(f"  {name:<32} {entry.plugin} {entry.version}")

@@ -1,17 +1,23 @@
-"""Exact velocities and flow maps for Gaussian data: oracles for tests, teachers and sanity checks.
+"""Exact velocities and flow maps for Gaussian data: oracles for tests, teachers and references.
 
 For data x1 ~ N(m, diag(std^2)) independent of x0 ~ N(0, I) (and z), the interpolant
 I_t = alpha x0 + beta x1 + gamma z is Gaussian per dimension with mean mu_t = beta_t m and variance
-S_t = alpha_t^2 + gamma_t^2 + beta_t^2 std^2. Hence
+S_t = alpha_t^2 + gamma_t^2 + beta_t^2 std^2. Hence (2505.18825, Prop. 2.2 applied to a Gaussian)
 
     b_t(x)     = beta'_t m + (S'_t / (2 S_t)) (x - mu_t),
     X_{s,t}(x) = mu_t + sqrt(S_t / S_s) (x - mu_s),
 
-with S'_t = 2 alpha alpha' + 2 gamma gamma' + 2 beta beta' std^2. For a Gaussian mixture (linear
-interpolant, gamma = 0) the velocity is closed form and the flow map is an accurate ODE solve.
+with S'_t = 2 alpha alpha' + 2 gamma gamma' + 2 beta beta' std^2. For a mixture sum_k pi_k N(m_k,
+diag(std_k^2)) the same holds per component, and since E[dI_t/dt | I_t = x, k] is the component's
+Gaussian velocity, b_t(x) = sum_k w_k(x, t) b^k_t(x) with posterior weights
+w_k proportional to pi_k N(x; beta_t m_k, diag(S^k_t)); its flow map is an accurate RK4 solve.
+Both work for any interpolant with alpha, beta, gamma (gamma gamma' enters in its finite form).
 """
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor, nn
@@ -21,11 +27,66 @@ from fmmkit.core.shapes import as_batch_times, broadcast_time
 from fmmkit.samplers.ode import RK4_TABLEAU, integrate_fixed
 
 
-class GaussianFlowMap(nn.Module):
+def gamma_squared(interpolant: Interpolant, t: Tensor) -> Tensor:
+    """gamma(t)^2, as a^2 t (1 - t) for the default gamma = a sqrt(t (1 - t)).
+
+    The closed form keeps forward-mode derivatives finite at t = 0, 1, where d/dt sqrt is infinite.
+    """
+    if type(interpolant).gamma is Interpolant.gamma:
+        return interpolant.noise_scale**2 * (t * (1 - t))
+    return interpolant.gamma(t) ** 2
+
+
+def gaussian_moments(interpolant: Interpolant, t: Tensor, mean: Tensor, var: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(mu_t, S_t, S'_t, mu'_t) of I_t for data N(mean, diag(var)); t broadcasts against mean and var.
+
+    mu_t = beta m, S_t = alpha^2 + gamma^2 + beta^2 var, S'_t = 2 (alpha alpha' + gamma gamma' + beta beta' var),
+    mu'_t = beta' m.
+    """
+    ip = interpolant
+    alpha, beta, d_alpha, d_beta = ip.alpha(t), ip.beta(t), ip.d_alpha(t), ip.d_beta(t)
+    s = alpha**2 + gamma_squared(ip, t) + beta**2 * var
+    ds = 2 * (alpha * d_alpha + ip.gamma_d_gamma(t) + beta * d_beta * var)
+    return beta * mean, s, ds, d_beta * mean
+
+
+class ExactFlowMap(nn.Module):
+    """A reference map: velocity b_t(x) and flow map X_{s,t}(x) known exactly (or to solver accuracy).
+
+    It satisfies :class:`fmmkit.core.FlowMapLike` and the parts of :class:`fmmkit.core.FlowMap` that
+    losses and :mod:`fmmkit.derivatives` use (``average_velocity``, ``forward_ad_mode``), so a loss or a
+    law check can be evaluated on it directly. ``y`` is accepted and ignored.
+    """
+
+    supports_forward_ad = True
+
+    def velocity(self, x: Tensor, t: Tensor | float, y: Tensor | None = None) -> Tensor:
+        """b_t(x)."""
+        raise NotImplementedError
+
+    def forward(self, x: Tensor, s: Tensor | float, t: Tensor | float, y: Tensor | None = None) -> Tensor:
+        """X_{s,t}(x)."""
+        raise NotImplementedError
+
+    @contextlib.contextmanager
+    def forward_ad_mode(self) -> Iterator[None]:
+        """Forward-mode AD is always valid on the closed forms."""
+        yield
+
+    def average_velocity(self, x: Tensor, s: Tensor | float, t: Tensor | float, y: Tensor | None = None) -> Tensor:
+        """v_{s,t}(x) = (X_{s,t}(x) - x) / (t - s), and b_t(x) where s = t."""
+        s_b, t_b = as_batch_times(s, x), as_batch_times(t, x)
+        dt = broadcast_time(t_b - s_b, x)
+        diagonal = dt == 0
+        off = (self.forward(x, s_b, t_b) - x) / torch.where(diagonal, torch.ones_like(dt), dt)
+        return torch.where(diagonal, self.velocity(x, t_b), off)
+
+
+class GaussianFlowMap(ExactFlowMap):
     """The exact velocity b_t and flow map X_{s,t} for data N(mean, diag(std^2)) (a FlowMapLike).
 
     ``mean`` and ``std`` have the shape of one data point (or broadcast to it); all computation runs in
-    the dtype of the input x. ``y`` is accepted and ignored.
+    the dtype of the input x.
     """
 
     def __init__(self, interpolant: Interpolant, mean: Tensor, std: Tensor) -> None:
@@ -41,13 +102,7 @@ class GaussianFlowMap(nn.Module):
     def _moments(self, t: Tensor | float, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """mu_t, S_t, S'_t and beta'_t m, each broadcast against x of shape (B, ...)."""
         tb = broadcast_time(as_batch_times(t, x), x)
-        ip = self.interpolant
-        m, var = self.mean.to(x), self.std.to(x) ** 2
-        alpha, beta, gamma = ip.alpha(tb), ip.beta(tb), ip.gamma(tb)
-        d_alpha, d_beta = ip.d_alpha(tb), ip.d_beta(tb)
-        s = alpha**2 + gamma**2 + beta**2 * var
-        ds = 2 * alpha * d_alpha + 2 * ip.gamma_d_gamma(tb) + 2 * beta * d_beta * var
-        return beta * m, s, ds, d_beta * m
+        return gaussian_moments(self.interpolant, tb, self.mean.to(x), self.std.to(x) ** 2)
 
     def velocity(self, x: Tensor, t: Tensor | float, y: Tensor | None = None) -> Tensor:
         """b_t(x) = beta'_t m + (S'_t / (2 S_t)) (x - mu_t)."""
@@ -60,14 +115,6 @@ class GaussianFlowMap(nn.Module):
         mu_t, var_t, _, _ = self._moments(t, x)
         return mu_t + torch.sqrt(var_t / var_s) * (x - mu_s)
 
-    def average_velocity(self, x: Tensor, s: Tensor | float, t: Tensor | float, y: Tensor | None = None) -> Tensor:
-        """v_{s,t}(x) = (X_{s,t}(x) - x) / (t - s), and b_t(x) where s = t."""
-        s_b, t_b = as_batch_times(s, x), as_batch_times(t, x)
-        dt = broadcast_time(t_b - s_b, x)
-        diagonal = dt == 0
-        off = (self.forward(x, s_b, t_b) - x) / torch.where(diagonal, torch.ones_like(dt), dt)
-        return torch.where(diagonal, self.velocity(x, t_b), off)
-
     def conditional_variance(self, t: Tensor | float, reduction: str = "mean") -> Tensor:
         """E|dI_t/dt - b_t(I_t)|^2 per dimension, averaged (or summed) over dimensions; shaped like t.
 
@@ -79,12 +126,9 @@ class GaussianFlowMap(nn.Module):
         tt = t.unsqueeze(-1)
         ip = self.interpolant
         var = (self.std.to(t) ** 2).flatten()
-        alpha, beta, gamma = ip.alpha(tt), ip.beta(tt), ip.gamma(tt)
-        d_alpha, d_beta, d_gamma = ip.d_alpha(tt), ip.d_beta(tt), ip.d_gamma(tt)
-        var_i = alpha**2 + gamma**2 + beta**2 * var
-        var_di = d_alpha**2 + d_beta**2 * var + d_gamma**2
-        cov = alpha * d_alpha + beta * d_beta * var + ip.gamma_d_gamma(tt)
-        per_dim = var_di - cov**2 / var_i
+        _, var_i, d_var_i, _ = gaussian_moments(ip, tt, torch.zeros_like(var), var)
+        var_di = ip.d_alpha(tt) ** 2 + ip.d_beta(tt) ** 2 * var + ip.d_gamma(tt) ** 2
+        per_dim = var_di - (d_var_i / 2) ** 2 / var_i
         if reduction == "mean":
             return per_dim.mean(-1)
         if reduction == "sum":
@@ -97,28 +141,40 @@ class GaussianFlowMap(nn.Module):
         return (self.mean + self.std * noise).to(dtype)
 
 
-class GaussianMixtureVelocity(nn.Module):
-    """Exact velocity of the linear interpolant (gamma = 0) for data sum_k pi_k N(m_k, sigma_k^2 I).
+def _linear() -> Interpolant:
+    from fmmkit.interpolants.linear import LinearInterpolant
 
-    b_t(x) = sum_k w_k(x, t) [m_k + ((t sigma_k^2 - (1 - t)) / s_kt^2)(x - t m_k)], with
-    s_kt^2 = (1 - t)^2 + t^2 sigma_k^2 and w_k proportional to pi_k N(x; t m_k, s_kt^2 I).
-    ``flow_map(x, s, t)`` (also ``__call__``) integrates it with ``steps`` RK4 steps in float64.
-    weights (K,), means (K, *shape), stds (K,).
+    return LinearInterpolant()
+
+
+class GaussianMixtureFlowMap(ExactFlowMap):
+    """Exact velocity of data sum_k pi_k N(m_k, diag(std_k^2)) under any interpolant (linear by default).
+
+    b_t(x) = sum_k w_k(x, t) [beta'_t m_k + (S^k'_t / (2 S^k_t)) (x - beta_t m_k)],
+    w_k proportional to pi_k N(x; beta_t m_k, diag(S^k_t)), S^k_t = alpha_t^2 + gamma_t^2 + beta_t^2 std_k^2.
+    ``flow_map(x, s, t)`` (also ``__call__``) integrates dx/dt = b_t(x) with ``steps`` RK4 steps in
+    float64 (global error O(|t - s|^4 / steps^4)). weights (K,), means (K, *shape), stds (K,) (one
+    scale per component) or (K, *shape) (diagonal).
     """
 
-    def __init__(self, weights: Tensor, means: Tensor, stds: Tensor, steps: int = 500) -> None:
+    def __init__(self, weights: Tensor, means: Tensor, stds: Tensor, steps: int = 500,
+                 interpolant: Interpolant | None = None) -> None:
         super().__init__()
         weights = torch.as_tensor(weights, dtype=torch.float64)
         means = torch.as_tensor(means, dtype=torch.float64)
         stds = torch.as_tensor(stds, dtype=torch.float64)
-        k = weights.shape[0]
-        if weights.ndim != 1 or means.shape[0] != k or stds.shape != (k,):
+        k = weights.shape[0] if weights.ndim == 1 else -1
+        if weights.ndim != 1 or means.ndim < 2 or means.shape[0] != k or stds.shape not in ((k,), means.shape):
             raise ValueError(
-                f"need weights (K,), means (K, ...), stds (K,); got {tuple(weights.shape)}, "
+                f"need weights (K,), means (K, ...), stds (K,) or shaped like means; got {tuple(weights.shape)}, "
                 f"{tuple(means.shape)}, {tuple(stds.shape)}"
             )
         if not bool((weights > 0).all() and (stds > 0).all()):
             raise ValueError("mixture weights and stds must be > 0")
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        stds = stds.reshape(k, *([1] * (means.ndim - 1))).expand_as(means) if stds.ndim == 1 else stds
+        self.interpolant = interpolant if interpolant is not None else _linear()
         self.register_buffer("log_weights", torch.log(weights / weights.sum()))
         self.register_buffer("means", means.clone())
         self.register_buffer("stds", stds.clone())
@@ -126,16 +182,19 @@ class GaussianMixtureVelocity(nn.Module):
 
     def velocity(self, x: Tensor, t: Tensor | float, y: Tensor | None = None) -> Tensor:
         """The mixture velocity b_t(x) (see the class docstring)."""
-        t = as_batch_times(t, x)[:, None]  # (B, 1)
-        flat = x.reshape(x.shape[0], -1)  # (B, D)
-        means = self.means.to(x).reshape(self.means.shape[0], -1)  # (K, D)
-        var = self.stds.to(x) ** 2  # (K,)
-        s2 = (1 - t) ** 2 + t**2 * var  # (B, K)
-        diff = flat[:, None, :] - t[:, :, None] * means[None]  # (B, K, D)
-        log_w = self.log_weights.to(x) - 0.5 * flat.shape[1] * torch.log(s2) - diff.pow(2).sum(-1) / (2 * s2)
-        w = torch.softmax(log_w, dim=1)  # (B, K)
-        coef = (t * var - (1 - t)) / s2  # (B, K)
-        b = means[None] + coef[:, :, None] * diff  # (B, K, D)
+        assert x.shape[1:] == self.means.shape[1:], (
+            f"mixture points have shape {tuple(self.means.shape[1:])}, got x of shape {tuple(x.shape)}"
+        )
+        k = self.means.shape[0]
+        tb = as_batch_times(t, x)[:, None, None]  # (B, 1, 1)
+        flat = x.reshape(x.shape[0], 1, -1)  # (B, 1, D)
+        mean = self.means.to(x).reshape(1, k, -1)  # (1, K, D)
+        var = self.stds.to(x).reshape(1, k, -1) ** 2  # (1, K, D)
+        mu, s, ds, d_mu = gaussian_moments(self.interpolant, tb, mean, var)  # (B, K, D)
+        diff = flat - mu
+        log_w = self.log_weights.to(x) - 0.5 * (torch.log(s) + diff.pow(2) / s).sum(-1)  # (B, K)
+        w = torch.softmax(log_w, dim=1)
+        b = d_mu + ds / (2 * s) * diff  # (B, K, D)
         return (w[:, :, None] * b).sum(1).reshape(x.shape)
 
     def flow_map(self, x: Tensor, s: Tensor | float, t: Tensor | float, y: Tensor | None = None) -> Tensor:
@@ -148,3 +207,13 @@ class GaussianMixtureVelocity(nn.Module):
     def forward(self, x: Tensor, s: Tensor | float, t: Tensor | float, y: Tensor | None = None) -> Tensor:
         """X_{s,t}(x): see :meth:`flow_map`."""
         return self.flow_map(x, s, t, y)
+
+    def sample(self, n: int, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
+        """n draws of the data: a component k ~ pi, then m_k + std_k * N(0, I); shape (n, *shape)."""
+        comp = torch.multinomial(self.log_weights.exp(), n, replacement=True, generator=generator)
+        noise = torch.randn((n, *self.means.shape[1:]), generator=generator, dtype=torch.float64)
+        return (self.means[comp] + self.stds[comp] * noise).to(dtype)
+
+
+#: The former name, kept for existing callers.
+GaussianMixtureVelocity = GaussianMixtureFlowMap

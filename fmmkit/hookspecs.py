@@ -62,3 +62,9 @@ def register_teachers(register: Register) -> None:
 
     A teacher component's ``build(config, ctx)`` returns a :class:`fmmkit.core.VelocityField`.
     """
+
+
+@hookspec
+def register_attention_backends(register: Register) -> None:
+    """Register :class:`fmmkit.core.attention.AttentionBackend` subclasses (attention kernels that
+    backbones select by name, e.g. ``attention = "sdpa"`` in the model table)."""

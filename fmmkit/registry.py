@@ -28,6 +28,7 @@ import fmmkit
 from fmmkit import hookspecs
 from fmmkit.core.errors import UserError
 from fmmkit.core import Backbone, DataSource, EmptyConfig, Interpolant, Loss, Metric, Sampler
+from fmmkit.core.attention import AttentionBackend
 
 ENTRY_POINT_GROUP = "fmmkit"
 
@@ -40,6 +41,7 @@ KINDS: dict[str, tuple[str, type | None]] = {
     "register_datasets": ("dataset", DataSource),
     "register_metrics": ("metric", Metric),
     "register_teachers": ("teacher", None),
+    "register_attention_backends": ("attention_backend", AttentionBackend),
 }
 
 #: Packages whose modules are fmmkit's default plugins (each module may implement any hook).
@@ -52,6 +54,11 @@ BUILTIN_PACKAGES = (
     "fmmkit.metrics",
     "fmmkit.teachers",
 )
+
+
+def plural(kind: str) -> str:
+    """'loss' -> 'losses', 'sampler' -> 'samplers'."""
+    return kind + ("es" if kind.endswith("s") else "s")
 
 
 class PluginWarning(UserWarning):

@@ -88,12 +88,12 @@ def test_dopri5_reaches_tolerance_and_reports_nfe(interpolant) -> None:  # type:
     x = x0()
     exact = oracle(x, 0.0, 1.0)
     nfes = []
-    for tol in (1e-4, 1e-8):
+    for tol in (1e-6, 1e-9):
         counter = CountingVelocity(oracle)
         result = Dopri5(Dopri5Config(rtol=tol, atol=tol))(counter, x)
         assert result.nfe == counter.calls
         assert (result.nfe - 2) % 6 == 0  # f0 + starting-step probe + 6 new stages per attempted step (FSAL)
-        assert float((result.x - exact).abs().max()) < 20 * tol
+        assert float((result.x - exact).abs().max()) < 10 * tol  # global error, max over elements
         nfes.append(result.nfe)
     assert nfes[1] > 2 * nfes[0]
 
@@ -152,7 +152,7 @@ def test_samplers_run_a_real_flow_map_in_float32(registry) -> None:  # type: ign
     model = FlowMap(backbone)
     x = torch.randn(10, 2)
     with torch.no_grad():
-        for sampler in (FlowMapSampler(FlowMapSamplerConfig(steps=3)), Midpoint(FixedStepConfig(steps=4)), Dopri5()):
+        for sampler in (FlowMapSampler(FlowMapSamplerConfig(steps=3)), Midpoint(FixedStepConfig(steps=4)), Dopri5(Dopri5Config(rtol=1e-3, atol=1e-3))):
             result = sampler(model, x)
             assert result.x.shape == x.shape and result.x.dtype == torch.float32
             assert torch.isfinite(result.x).all() and result.nfe > 0

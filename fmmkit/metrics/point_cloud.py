@@ -79,21 +79,21 @@ class EnergyDistance(Metric):
 
 
 def _w2_squared_1d(a: Tensor, b: Tensor) -> Tensor:
-    """Exact W2^2 between the empirical laws of the columns of a (N, L) and b (M, L): shape (L,).
+    """Exact W2^2 between the empirical laws of the rows of a (L, N) and b (L, M): shape (L,).
 
     W2^2 = int_0^1 (Q_a(q) - Q_b(q))^2 dq with empirical quantile functions Q, which are piecewise
     constant between the levels {i / N} and {j / M}; for N = M it is mean((sort a - sort b)^2).
     """
-    a, b = torch.sort(a, dim=0).values, torch.sort(b, dim=0).values
-    n, m = a.shape[0], b.shape[0]
+    a, b = torch.sort(a, dim=1).values, torch.sort(b, dim=1).values
+    n, m = a.shape[1], b.shape[1]
     if n == m:
-        return (a - b).pow(2).mean(dim=0)
+        return (a - b).pow(2).mean(dim=1)
     levels = torch.unique(torch.cat([torch.arange(1, n + 1) / n, torch.arange(1, m + 1) / m]).double())
     widths = torch.diff(levels, prepend=levels.new_zeros(1))
     mid = levels - widths / 2
     ia = (mid * n).long().clamp(max=n - 1)
     ib = (mid * m).long().clamp(max=m - 1)
-    return (widths[:, None] * (a[ia] - b[ib]).pow(2)).sum(dim=0)
+    return ((a[:, ia] - b[:, ib]).pow(2) * widths).sum(dim=1)
 
 
 @attrs.define(frozen=True)
@@ -124,10 +124,10 @@ class SlicedW2(Metric):
         gen = torch.Generator().manual_seed(self.config.seed)
         theta = torch.randn(x.shape[1], self.config.num_projections, generator=gen, dtype=torch.float64)
         theta = theta / theta.norm(dim=0, keepdim=True)
-        total = sum(
-            float(_w2_squared_1d(x @ theta[:, i : i + self._BATCH], y @ theta[:, i : i + self._BATCH]).sum())
-            for i in range(0, theta.shape[1], self._BATCH)
-        )
+        total = 0.0
+        for i in range(0, theta.shape[1], self._BATCH):
+            directions = theta[:, i : i + self._BATCH].T.contiguous()  # (L, D)
+            total += float(_w2_squared_1d(directions @ x.T, directions @ y.T).sum())
         return math.sqrt(max(total, 0.0) / self.config.num_projections)
 
 

@@ -15,7 +15,7 @@ import attrs
 import cattrs
 
 from fmmkit.core.validators import SpecValueError
-from fmmkit.registry import Registry, RegistryError, get_registry
+from fmmkit.registry import Registry, RegistryError, get_registry, plural
 from fmmkit.spec.errors import SpecError
 from fmmkit.spec.schema import DEFAULT_ODE_SOLVERS, ComponentSpec, Spec, TeacherSpec
 from fmmkit.spec.toml_writer import dumps
@@ -121,7 +121,7 @@ def _component(table: Any, kind: str, path: str, origin: str, registry: Registry
     if not isinstance(table, dict):
         raise SpecError.at(origin, path, f"expected a table with kind = \"...\", got {table!r}")
     if "kind" not in table:
-        raise SpecError.at(origin, _join(path, "kind"), f"missing; registered {kind}s: {', '.join(registry.names(kind))}")
+        raise SpecError.at(origin, _join(path, "kind"), f"missing; registered {plural(kind)}: {', '.join(registry.names(kind))}")
     name = table["kind"]
     if not isinstance(name, str):
         raise SpecError.at(origin, _join(path, "kind"), f"expected a string, got {name!r}")

@@ -12,7 +12,7 @@ from typing import Any
 
 import attrs
 
-from fmmkit.core.validators import at_least, each, non_negative, one_of, positive
+from fmmkit.core.validators import at_least, each, non_negative, one_of, positive, unit_interval
 
 
 @attrs.define(frozen=True)
@@ -42,6 +42,9 @@ class OptimConfig:
     grad_clip: float = attrs.field(default=0.0, validator=non_negative)
     warmup_steps: int = attrs.field(default=0, validator=non_negative)
     schedule: str = attrs.field(default="constant", validator=one_of(("constant", "cosine", "linear")))
+    #: Adam's epsilon; min_lr_factor: floor of the cosine/linear decay as a fraction of lr.
+    eps: float = attrs.field(default=1e-8, validator=positive)
+    min_lr_factor: float = attrs.field(default=0.0, validator=unit_interval)
 
     @betas.validator
     def _check_betas(self, attribute: attrs.Attribute[Any], value: list[float]) -> None:
@@ -61,6 +64,16 @@ class TrainConfig:
     device: str = attrs.field(default="auto")
     log_every: int = attrs.field(default=100, validator=positive)
     threads: int = attrs.field(default=0, validator=non_negative)
+    #: batch_size is the global batch, split into micro_batches equal parts over all processes
+    #: (gradient accumulation = micro_batches / processes; 0 = one per process). Runs with the same
+    #: micro_batches draw the same data and noise whatever the number of processes.
+    micro_batches: int = attrs.field(default=0, validator=non_negative)
+    #: "auto": bf16 autocast on CUDA with bf16 support, float32 elsewhere; "bf16" falls back to float32 off CUDA.
+    precision: str = attrs.field(default="auto", validator=one_of(("auto", "float32", "bf16")))
+    #: Under torchrun: "ddp" (replicated weights, averaged gradients) or "fsdp" (FSDP2 sharded weights).
+    parallel: str = attrs.field(default="ddp", validator=one_of(("ddp", "fsdp")))
+    #: A non-finite loss or gradient: "stop" the run with a message, or "skip" the optimiser step.
+    on_nonfinite: str = attrs.field(default="stop", validator=one_of(("stop", "skip")))
 
     @device.validator
     def _check_device(self, attribute: attrs.Attribute[Any], value: str) -> None:
@@ -90,6 +103,56 @@ class EvalConfig:
     seed: int = 1234
 
 
+def _check_decays(instance: Any, attribute: attrs.Attribute[Any], value: list[float]) -> None:
+    from fmmkit.core.validators import SpecValueError
+
+    bad = [d for d in value if not 0 <= d < 1]
+    if bad:
+        raise SpecValueError(attribute.name, f"each decay must be in [0, 1), got {bad[0]!r}")
+
+
+@attrs.define(frozen=True)
+class EMAConfig:
+    """EMAs of the weights: fixed ``decays`` and/or EDM ``half_lives`` (in training samples, with
+    ramp-up: half-life <= rampup * samples seen); ``sample_with`` picks the weights that sampling and
+    evaluation use ("auto": the first EMA, else the raw weights; "raw"; or a label like "ema-0.999")."""
+
+    decays: list[float] = attrs.field(factory=list, validator=_check_decays)
+    half_lives: list[float] = attrs.field(factory=list, validator=each(positive))
+    rampup: float = attrs.field(default=0.05, validator=non_negative)
+    every: int = attrs.field(default=1, validator=positive)
+    sample_with: str = "auto"
+
+
+@attrs.define(frozen=True)
+class CheckpointConfig:
+    """Checkpoints in RUN_DIR/checkpoints every N optimiser steps (0: only at the end), the last K
+    kept; on_signal: SIGINT/SIGTERM save one before the run exits."""
+
+    every: int = attrs.field(default=1000, validator=non_negative)
+    keep: int = attrs.field(default=3, validator=positive)
+    on_signal: bool = True
+
+
+@attrs.define(frozen=True)
+class CompileConfig:
+    """torch.compile of the training step (loss, JVPs and backward)."""
+
+    enabled: bool = False
+    mode: str = attrs.field(default="default", validator=one_of(
+        ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")))
+    fullgraph: bool = False
+
+
+@attrs.define(frozen=True)
+class LogConfig:
+    """JSON lines always (every train.log_every steps); TensorBoard when installed and enabled;
+    sample pictures every N steps (0: only at the end)."""
+
+    tensorboard: bool = True
+    pictures_every: int = attrs.field(default=0, validator=non_negative)
+
+
 DEFAULT_ODE_SOLVERS: list[dict[str, Any]] = [
     {"kind": "euler", "steps": 8},
     {"kind": "euler", "steps": 32},
@@ -112,5 +175,9 @@ class Spec:
     train: TrainConfig = attrs.field(factory=TrainConfig)
     sample: SampleConfig = attrs.field(factory=SampleConfig)
     eval: EvalConfig = attrs.field(factory=EvalConfig)
+    ema: EMAConfig = attrs.field(factory=EMAConfig)
+    checkpoint: CheckpointConfig = attrs.field(factory=CheckpointConfig)
+    compile: CompileConfig = attrs.field(factory=CompileConfig)
+    log: LogConfig = attrs.field(factory=LogConfig)
     name: str = "run"
     source: str = attrs.field(default="<dict>", metadata={"internal": True})
