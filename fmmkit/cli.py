@@ -6,6 +6,7 @@
   fmmkit plugins
   fmmkit spec check|show SPEC [--set ...]
   fmmkit quickstart [--out DIR]
+  fmmkit verify RUN_DIR [--threshold LAW=VALUE ...] [--json]
 """
 
 from __future__ import annotations
@@ -118,6 +119,21 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    from fmmkit.runs import atomic_write_text
+    from fmmkit.verification import VerifySettings, format_report, parse_thresholds, verify_run
+
+    settings = VerifySettings(num_points=args.num, search_examples=args.search_examples, seed=args.seed,
+                              order=args.order, derivative=args.derivative, thresholds=parse_thresholds(args.threshold))
+    report = verify_run(args.run_dir, settings)
+    print(report.to_json() if args.json else format_report(report))
+    out = Path(args.run_dir) / "verify.json"
+    atomic_write_text(out, report.to_json())
+    if not args.json:
+        print(f"written: {out}")
+    return 0 if report.passed else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fmmkit", description="Flow map matching: train, sample and evaluate flow maps.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -163,6 +179,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     add_set(p)
     p.set_defaults(func=cmd_quickstart)
+
+    p = sub.add_parser("verify", help="measure the flow-map laws of a run (table + verify.json; exit 1 if one fails)")
+    p.add_argument("run_dir")
+    p.add_argument("--num", type=int, default=2048, help="points (each with its own random times)")
+    p.add_argument("--threshold", action="append", default=[], metavar="LAW=VALUE",
+                   help="relative-RMS threshold of one law, e.g. --threshold semigroup=0.1 (repeatable)")
+    p.add_argument("--order", choices=["forward", "both"], help="time order of (s, u, t) (default: the run's)")
+    p.add_argument("--search-examples", type=int, default=200, help="hypothesis examples for the worst triple")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--derivative", choices=["jvp", "finite_difference"], help="default: jvp when the model allows it")
+    p.add_argument("--json", action="store_true", help="print the JSON report instead of the table")
+    p.set_defaults(func=cmd_verify)
     return parser
 
 

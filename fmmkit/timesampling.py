@@ -1,41 +1,79 @@
 """Sampling the times t and pairs (s, t) at which losses are evaluated (shared by every loss).
 
-uniform: t ~ U[t_min, t_max]; pairs (s, t) uniform on the triangle s <= t of that interval
-(``order = "forward"``) or on the square (``order = "both"``, maps backwards in time too).
+A spec chooses them in the nested table ``[loss.times]``:
+
+- ``distribution``: ``uniform`` (t ~ U[t_min, t_max]); ``logit_normal`` (t = t_min + (t_max - t_min)
+  sigmoid(logit_mean + logit_std n), n ~ N(0, 1), as in SD3 and MeanFlow); ``discrete`` (t uniform on
+  the grid t_min + k (t_max - t_min) / grid_size, k = 0..grid_size, as in discrete-time distillation).
+- pairs (s, t) are two independent draws, sorted for ``order = "forward"`` (s <= t: uniform on the
+  triangle for ``uniform``) or left as drawn for ``order = "both"`` (maps backwards in time too).
+- ``diagonal_fraction``: the share of pairs with s = t (MeanFlow's "fraction of r = t"); those rows are
+  the first round(fraction * n) of the batch (batch rows are exchangeable).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import attrs
 import torch
 from torch import Tensor
 
-from fmmkit.core.validators import one_of, unit_interval
+from fmmkit.core.validators import SpecValueError, non_negative, one_of, positive, unit_interval
 
-TIME_DISTRIBUTIONS = ("uniform",)
+TIME_DISTRIBUTIONS = ("uniform", "logit_normal", "discrete")
 PAIR_ORDERS = ("forward", "both")
 
 
 @attrs.define(frozen=True)
 class TimeSampling:
-    """Where losses sample times: distribution on [t_min, t_max], and the order of pairs."""
+    """Where losses sample times: distribution on [t_min, t_max], the order of pairs, the diagonal share.
+
+    logit_mean, logit_std: of ``logit_normal``; grid_size: intervals of the ``discrete`` grid.
+    """
 
     distribution: str = attrs.field(default="uniform", validator=one_of(TIME_DISTRIBUTIONS))
     t_min: float = attrs.field(default=0.0, validator=unit_interval)
     t_max: float = attrs.field(default=1.0, validator=unit_interval)
     order: str = attrs.field(default="forward", validator=one_of(PAIR_ORDERS))
+    logit_mean: float = 0.0
+    logit_std: float = attrs.field(default=1.0, validator=positive)
+    grid_size: int = attrs.field(default=0, validator=non_negative)
+    diagonal_fraction: float = attrs.field(default=0.0, validator=unit_interval)
 
-    def sample(self, n: int, device: torch.device, dtype: torch.dtype = torch.float32) -> Tensor:
+    def __attrs_post_init__(self) -> None:
+        if self.t_min > self.t_max:
+            raise SpecValueError("t_max", f"must be >= t_min = {self.t_min}, got {self.t_max}")
+        if self.distribution == "discrete" and self.grid_size < 1:
+            raise SpecValueError("grid_size", "must be >= 1 for distribution = \"discrete\" (the number of grid intervals)")
+
+    def unit(self, n: int, device: torch.device | str, dtype: torch.dtype) -> Tensor:
+        """n draws in [0, 1] of the chosen distribution before mapping to [t_min, t_max]."""
+        if self.distribution == "logit_normal":
+            return torch.sigmoid(self.logit_mean + self.logit_std * torch.randn(n, device=device, dtype=dtype))
+        if self.distribution == "discrete":
+            k = torch.randint(0, self.grid_size + 1, (n,), device=device)
+            return k.to(dtype) / self.grid_size
+        return torch.rand(n, device=device, dtype=dtype)
+
+    def sample(self, n: int, device: torch.device | str, dtype: torch.dtype = torch.float32) -> Tensor:
         """n times (n,)."""
-        u = torch.rand(n, device=device, dtype=dtype)
-        return self.t_min + (self.t_max - self.t_min) * u
+        return self.t_min + (self.t_max - self.t_min) * self.unit(n, device, dtype)
 
-    def sample_pairs(self, n: int, device: torch.device, dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
-        """n pairs (s, t), each (n,): s <= t for ``forward``, any order for ``both``."""
+    def sample_pairs(self, n: int, device: torch.device | str, dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
+        """n pairs (s, t), each (n,): s <= t for ``forward``, any order for ``both``; the first
+        round(diagonal_fraction * n) pairs have s = t."""
         a, b = self.sample(n, device, dtype), self.sample(n, device, dtype)
-        if self.order == "forward":
-            return torch.minimum(a, b), torch.maximum(a, b)
-        return a, b
+        s, t = (torch.minimum(a, b), torch.maximum(a, b)) if self.order == "forward" else (a, b)
+        n_diag = diagonal_count(n, self.diagonal_fraction)
+        if n_diag:
+            s = torch.cat([t[:n_diag], s[n_diag:]])
+        return s, t
+
+
+def diagonal_count(n: int, fraction: float) -> int:
+    """round(fraction * n), clipped to [0, n]: the rows of a batch of n that go to the diagonal."""
+    return min(n, max(0, round(fraction * n)))
 
 
 def stochastic_time_bounds(times: TimeSampling, stochastic: bool, eps: float = 1e-3) -> TimeSampling:
@@ -43,3 +81,8 @@ def stochastic_time_bounds(times: TimeSampling, stochastic: bool, eps: float = 1
     if not stochastic:
         return times
     return attrs.evolve(times, t_min=max(times.t_min, eps), t_max=min(times.t_max, 1 - eps))
+
+
+def time_sampling(**overrides: Any) -> Any:
+    """An attrs ``factory`` for a loss config's ``times`` field with its own defaults (e.g. order)."""
+    return lambda: TimeSampling(**overrides)

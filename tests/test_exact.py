@@ -108,7 +108,7 @@ def test_sample_moments() -> None:
 
 def test_mixture_with_one_component_is_the_gaussian_map() -> None:
     mean, sigma = torch.tensor([1.0, -0.5], dtype=F64), 0.4
-    mix = GaussianMixtureVelocity(torch.tensor([1.0]), mean[None], torch.tensor([sigma], dtype=F64), steps=200)
+    mix = GaussianMixtureVelocity(torch.tensor([1.0]), mean[None], torch.tensor([sigma], dtype=F64), steps=100)
     gauss = GaussianFlowMap(LinearInterpolant(), mean, torch.full((2,), sigma, dtype=F64))
     x, s, t = randn(64, 2), rand(64, seed=1), rand(64, seed=2)
     torch.testing.assert_close(mix.velocity(x, t), gauss.velocity(x, t), atol=1e-13, rtol=0)

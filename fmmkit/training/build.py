@@ -23,6 +23,7 @@ class Pipeline:
     loss: Loss
     teacher: VelocityField | None
     device: torch.device
+    registry: Registry | None = None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -76,4 +77,6 @@ def build_pipeline(spec: Spec, registry: Registry | None = None, device: torch.d
         loss.check_model(model, teacher)
     except LossBuildError as exc:
         raise SpecError([f"{spec.source}: loss: {exc}"]) from None
-    return Pipeline(spec, data, interpolant, model, loss, teacher, device)
+    if isinstance(loss, torch.nn.Module):  # a loss with parameters or buffers (a learned weighting)
+        loss.to(device)
+    return Pipeline(spec, data, interpolant, model, loss, teacher, device, registry)

@@ -15,6 +15,9 @@ from hypothesis import HealthCheck, Phase, given, seed, settings, target
 
 from fmmkit.verification.strategies import time_triples
 
+#: Times are searched on the grid i / 2^20 (integers are what the target phase can hill-climb).
+SEARCH_GRID = 2**20
+
 
 @dataclass(frozen=True)
 class WorstCase:
@@ -38,7 +41,7 @@ def worst_triple(defect: Callable[[float, float, float], float], *, order: str =
     @seed(random_seed)
     @settings(max_examples=examples, phases=[Phase.generate, Phase.target], database=None, deadline=None,
               derandomize=False, suppress_health_check=list(HealthCheck), report_multiple_bugs=False)
-    @given(triple=time_triples(order, lo, hi))
+    @given(triple=time_triples(order, lo, hi, grid=SEARCH_GRID))
     def probe(triple: tuple[float, float, float]) -> None:
         value = float(defect(*triple))
         count[0] += 1
