@@ -10,7 +10,7 @@ import torch
 import fmmkit.metrics.point_cloud as pc
 from fmmkit.core import BuildContext
 from fmmkit.data.toy2d import Checkerboard, CheckerboardConfig, TwoMoons, TwoMoonsConfig
-from fmmkit.metrics.point_cloud import EnergyDistance, EnergyDistanceConfig, HistogramKL, SlicedW2, SlicedW2Config
+from fmmkit.metrics.point_cloud import EnergyDistance, EnergyDistanceConfig, HistogramKL, HistogramKLConfig, SlicedW2, SlicedW2Config
 from fmmkit.registry import load_registry
 
 
@@ -87,7 +87,7 @@ def test_sliced_w2_same_and_different_laws_and_seed() -> None:
 
 def test_histogram_kl_exact_on_bin_centres() -> None:
     board = Checkerboard(CheckerboardConfig())
-    metric = HistogramKL()  # 100 bins on [-2, 2]: bin width 0.04, 25 bins per square
+    metric = HistogramKL(HistogramKLConfig(bins=100))  # bin width 0.04, 25 bins per square
     c = -2 + 0.04 * (torch.arange(100, dtype=torch.float64) + 0.5)
     grid = torch.stack(torch.meshgrid(c, c, indexing="ij"), dim=-1).reshape(-1, 2)
     on_black = grid[board.density(grid) > 0]

@@ -10,7 +10,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from fmmkit.core.component import BuildContext, Component
 from fmmkit.core.data import Batch
@@ -76,6 +76,11 @@ class Loss(Component, ABC):
 
     def on_step_end(self, model: FlowMap, step: int) -> None:
         """Called after each optimiser step (EMA teachers, progressive rounds)."""
+
+    def parameters(self) -> list[nn.Parameter]:
+        """Trainable parameters the loss owns (a learned loss weight), optimised with the model's;
+        empty by default. Their values are part of :meth:`state_dict`."""
+        return []
 
     def state_dict(self) -> dict[str, Any]:
         """Tensors and numbers the loss carries between steps (an EMA or frozen teacher, a round
