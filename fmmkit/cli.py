@@ -1,6 +1,8 @@
 """The ``fmmkit`` command: a thin face over the Python API.
 
   fmmkit train SPEC [--out DIR] [--set KEY.PATH=VALUE ...]
+  fmmkit train --resume RUN_DIR [--set train.steps=N]
+  torchrun --nproc_per_node N -m fmmkit.cli train SPEC --out DIR
   fmmkit sample RUN_DIR --steps K --num N --out FILE(.npy|.png)
   fmmkit eval RUN_DIR [--num N]
   fmmkit plugins
@@ -36,10 +38,20 @@ def _one_line_warnings() -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from fmmkit.training.trainer import train
+    import os
 
-    out = train(args.spec, out=args.out, overrides=args.set, overwrite=args.overwrite, progress=not args.quiet)
-    print(f"trained: {out}")
+    from fmmkit.training.trainer import resume_run, train
+
+    if args.resume is not None:
+        if args.spec is not None or args.out is not None or args.overwrite:
+            raise UserError(f"--resume {args.resume}: the run keeps its own spec and directory; drop SPEC, --out and --overwrite")
+        out = resume_run(args.resume, overrides=args.set, progress=not args.quiet)
+    elif args.spec is None:
+        raise UserError("fmmkit train: give a SPEC file to train, or --resume RUN_DIR to continue a run")
+    else:
+        out = train(args.spec, out=args.out, overrides=args.set, overwrite=args.overwrite, progress=not args.quiet)
+    if os.environ.get("RANK", "0") == "0":
+        print(f"trained: {out}")
     return 0
 
 
@@ -143,9 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override a spec key, e.g. --set train.steps=500 (repeatable)")
 
     p = sub.add_parser("train", help="train a spec into a run directory")
-    p.add_argument("spec")
+    p.add_argument("spec", nargs="?")
     p.add_argument("--out", help="run directory (default runs/<spec name>)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its newest readable checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_set(p)
     p.set_defaults(func=cmd_train)

@@ -91,10 +91,12 @@ def format_table(rows: list[EvalRow]) -> str:
 
 
 def save_pictures(run: Run, path: Path | None = None) -> Path:
-    """A PNG of scatter plots: the data, then the flow map at each step count (or the ODE)."""
-    from fmmkit.plots import save_sample_grid
+    """A PNG of scatter plots (image grids for image data): the data, then the flow map at each step
+    count (or the ODE)."""
+    from fmmkit.plots import IMAGE_GRID_SIZE, save_image_grids, save_sample_grid
 
-    n = run.spec.sample.num_pictures
+    image = len(run.data.shape) == 3  # (C, H, W)
+    n = min(run.spec.sample.num_pictures, IMAGE_GRID_SIZE) if image else run.spec.sample.num_pictures
     reference = run.data.sample(n, torch.Generator().manual_seed(run.spec.eval.seed)).x1.float().numpy()
     x0 = run.noise(n, seed=run.spec.eval.seed + 1)
     prefix, field_ = _teacher_field(run)
@@ -104,5 +106,8 @@ def save_pictures(run: Run, path: Path | None = None) -> Path:
         with torch.no_grad():
             panels.append((label, sampler(model, x0).x.float().cpu().numpy()))
     out = path or run.path / "samples.png"
-    save_sample_grid(out, panels, reference, run.data.bounds())
+    if image:
+        save_image_grids(out, panels, reference)
+    else:
+        save_sample_grid(out, panels, reference, run.data.bounds())
     return out

@@ -58,3 +58,44 @@ def save_sample_grid(
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png")
     return path
+
+
+#: images drawn per panel of an image grid
+IMAGE_GRID_SIZE = 64
+
+
+def _slug(title: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in title.lower()).strip("_").replace("__", "_")
+
+
+def save_image_grids(path: str | Path, panels: list[tuple[str, Any]], reference: Any) -> Path:
+    """Image data: a PNG of titled image grids (the data first, then one per panel), and each grid
+    also on its own as ``<stem>_<title>.png`` beside it (torchvision make_grid / save_image).
+
+    Images are (N, C, H, W) in [-1, 1] (NumPy or torch); the first IMAGE_GRID_SIZE of each are shown.
+    """
+    import torch
+    from torchvision.utils import make_grid, save_image
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    items = [("data", reference)] + list(panels)
+    grids = []
+    for title, x in items:
+        images = ((torch.as_tensor(np.asarray(x))[:IMAGE_GRID_SIZE].float() + 1) / 2).clamp(0, 1)
+        assert images.ndim == 4, f"image grids need (N, C, H, W) images, got shape {tuple(images.shape)}"
+        grid = make_grid(images, nrow=math.ceil(math.sqrt(images.shape[0])), padding=1, pad_value=1.0)
+        save_image(grid, path.with_name(f"{path.stem}_{_slug(title)}.png"))
+        grids.append((title, grid.permute(1, 2, 0).numpy()))
+    cols = min(len(grids), _MAX_COLUMNS)
+    rows = math.ceil(len(grids) / cols)
+    fig = Figure(figsize=(2.8 * cols, 3.0 * rows), dpi=120)
+    FigureCanvasAgg(fig)
+    for i, (title, grid) in enumerate(grids):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        ax.imshow(grid, interpolation="nearest")
+        ax.set_title(title, fontsize=9)
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    return path

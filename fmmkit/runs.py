@@ -1,7 +1,9 @@
 """Run directories: the resolved spec, the trained weights (safetensors) and the logs of one run.
 
-Layout: ``spec.toml`` (resolved; the run can be reproduced from it alone), ``model.safetensors``,
-``metrics.jsonl``, ``run.json``, ``samples.png``, ``eval.json``. Weights load with no unpickling.
+Layout: ``spec.toml`` (resolved; the run can be reproduced from it alone), ``model.safetensors``
+(the raw weights), ``ema-LABEL.safetensors`` (one per EMA; sampling and evaluation use the one
+``ema.sample_with`` names), ``checkpoints/``, ``metrics.jsonl``, ``run.json``, ``samples.png``,
+``eval.json``. Weights load with no unpickling.
 """
 
 from __future__ import annotations
@@ -69,6 +71,9 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
 class Run:
     """A trained run: ``flow_map(x, s, t)``, ``velocity(x, t)`` and ``sample(n, steps=K)``."""
 
+    #: Which weights ``model`` holds: "raw" or an EMA label such as "ema-0.999".
+    weights: str = "raw"
+
     def __init__(self, path: Path, spec: Spec, data: DataSource, interpolant: Interpolant, model: FlowMap,
                  registry: Registry, device: torch.device) -> None:
         self.path = path
@@ -125,9 +130,15 @@ class Run:
         return frozen
 
 
-def load_run(run_dir: str | Path, device: torch.device | str | None = None, registry: Registry | None = None) -> Run:
-    """Load a run directory written by ``fmmkit train``."""
+def load_run(run_dir: str | Path, device: torch.device | str | None = None, registry: Registry | None = None,
+             weights: str = "auto") -> Run:
+    """Load a run directory written by ``fmmkit train``.
+
+    ``weights``: "auto" loads the EMA named by the spec's ``ema.sample_with`` when the run has it (the
+    raw weights otherwise), "raw" the raw weights ``model.safetensors``, or an EMA label ("ema-0.999").
+    """
     from fmmkit.training.build import build_model
+    from fmmkit.training.ema import RAW, sampling_label, weights_file
 
     path = Path(run_dir)
     for marker in (SPEC_FILE, WEIGHTS_FILE):
@@ -139,9 +150,17 @@ def load_run(run_dir: str | Path, device: torch.device | str | None = None, regi
     data = registry.build("dataset", spec.data.kind, spec.data.config, BuildContext())
     interpolant = registry.build("interpolant", spec.interpolant.kind, spec.interpolant.config, BuildContext())
     model = build_model(spec, data, registry)
-    load_weights(model, path / WEIGHTS_FILE)
+    label = sampling_label(spec) if weights == "auto" else weights
+    if weights == "auto" and not (path / weights_file(label)).is_file():
+        label = RAW  # a run trained before EMAs were saved, or stopped before its end
+    if not (path / weights_file(label)).is_file():
+        raise SpecError([f"{path}: no {weights_file(label)} in this run; its weights: "
+                         f"{', '.join(sorted(p.name for p in path.glob('*.safetensors')))}"])
+    load_weights(model, path / weights_file(label))
     model.to(device).eval()
-    return Run(path, spec, data, interpolant, model, registry, device)
+    run = Run(path, spec, data, interpolant, model, registry, device)
+    run.weights = label
+    return run
 
 
 def read_json(path: Path) -> Any:

@@ -3,11 +3,11 @@
 Every loss computes per-sample squared residuals L_i at times (s_i, t_i) and reduces them here:
 
 - ``none``:      mean_i L_i.
-- ``adaptive``:  mean_i sg(w_i) L_i, w_i = 1 / (L_i + c)^p   (MeanFlow, 2505.13447 eq. 9-10; p = 1 is
-  the robust loss sqrt-like in |delta|, p = 0 the plain one). Here L_i is the residual averaged over
-  dimensions, so c is on that scale.
+- ``adaptive``:  mean_i sg(w_i) L_i, w_i = 1 / (L_i + c)^p   (MeanFlow, 2505.13447, "adaptive loss
+  weighting": p = 0 is the plain loss, p = 0.5 behaves like the pseudo-Huber loss, p = 1, MeanFlow's
+  choice, like log(L + c)). Here L_i is the residual averaged over dimensions, so c is on that scale.
 - ``learned``:   mean_i exp(-u(s_i, t_i)) L_i + u(s_i, t_i), with u a small network of the two times
-  (EDM2, Karras et al. 2024, eq. 21; the two-time form of the self-distillation paper 2505.18825).
+  (EDM2, Karras et al. 2024, "learned uncertainty"; the two-time form of the self-distillation paper 2505.18825).
   At fixed L the minimiser is u(s, t) = log E[L | s, t], so the weight exp(-u) normalises the scale of
   each time pair. u has parameters: the owning loss exposes them through ``Loss.parameters()`` so that
   the trainer optimises them with the model, and saves them through ``Loss.state_dict()``.

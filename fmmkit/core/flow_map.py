@@ -23,6 +23,13 @@ class Backbone(nn.Module, Component):
     ``supports_forward_ad`` says whether ``torch.func.jvp`` may run through it; losses that take a
     derivative check it when they are built. ``forward_ad_mode`` is entered around a derivative pass
     (a backbone with fused attention switches to a forward-mode-capable kernel there).
+
+    The contract, as the attention backbones (``unet``, ``dit``) keep it: every derivative pass of
+    :mod:`fmmkit.derivatives` runs inside ``forward_ad_mode()``, where each attention layer uses
+    its ``forward_ad_attention`` backend (default ``forward_ad``) instead of ``attention``
+    (default ``sdpa``, fused, no forward-mode AD); outside it the fast backend runs. So
+    ``supports_forward_ad`` is the derivative backend's capability, and a backbone whose
+    derivative backend lacks forward-mode AD makes a JVP loss fail when it is built.
     """
 
     supports_forward_ad: bool = True

@@ -4,40 +4,39 @@ L(theta) = E_{t, x0, x1, z} |v_{t,t}(I_t) - dI_t/dt|^2, t ~ U[0, 1]      (2505.1
 
 Its minimiser is b_t(x) = E[dI_t/dt | I_t = x]; at the minimiser the loss equals the irreducible
 conditional variance E|dI_t/dt - b_t(I_t)|^2, not 0. Squared errors are averaged over dimensions.
+For a class-conditional teacher set ``[loss.guidance] label_dropout`` (e.g. 0.1) so that the
+unconditional velocity b_t(x | null) needed by classifier-free guidance is learned too.
 """
 
 from __future__ import annotations
 
 import attrs
 
-from fmmkit.core import Batch, FlowMap, Loss, LossOutput, VelocityField
-from fmmkit.core.shapes import mean_squares
+from fmmkit.core import Batch, FlowMap, VelocityField
+from fmmkit.guidance import GuidanceConfig
 from fmmkit.hookspecs import hookimpl
-from fmmkit.timesampling import TimeSampling, stochastic_time_bounds
+from fmmkit.losses._common import FlowMapLoss, Term
+from fmmkit.timesampling import TimeSampling
+from fmmkit.weighting import WeightingConfig
 
 
 @attrs.define(frozen=True)
 class FlowMatchingConfig:
-    """times: where t is drawn."""
+    """times: where t is drawn; weighting; guidance (label dropout, guided target)."""
 
     times: TimeSampling = attrs.field(factory=TimeSampling)
+    weighting: WeightingConfig = attrs.field(factory=WeightingConfig)
+    guidance: GuidanceConfig = attrs.field(factory=GuidanceConfig)
 
 
-class FlowMatching(Loss):
+class FlowMatching(FlowMapLoss):
     """|v_{t,t}(I_t) - dI_t/dt|^2: trains the velocity b_t = v_{t,t} of a flow map (a teacher)."""
 
     Config = FlowMatchingConfig
     trains_flow_map = False
 
-    def __call__(
-        self, model: FlowMap, batch: Batch, *, teacher: VelocityField | None = None, step: int = 0
-    ) -> LossOutput:
-        times = stochastic_time_bounds(self.config.times, self.interpolant.stochastic)
-        t = times.sample(len(batch), batch.x1.device)
-        path = self.interpolant.draw(batch.x1, t)
-        per_sample = mean_squares(model.velocity(path.x_t, t, batch.y) - path.dx_t)
-        loss = per_sample.mean()
-        return LossOutput(loss, {"flow_matching": loss.detach()})
+    def terms(self, model: FlowMap, batch: Batch, teacher: VelocityField | None, step: int) -> list[Term]:
+        return [self.flow_matching_term(model, batch, "flow_matching")]
 
 
 @hookimpl

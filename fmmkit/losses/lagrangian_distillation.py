@@ -2,22 +2,25 @@
 
 L(theta) = E_{s<t, I_s} |d/dt X_{s,t}(I_s) - b^_t(X_{s,t}(I_s))|^2      (Boffi et al. 2024, eq. 3.8)
 
-b^ is the frozen teacher; d/dt X_{s,t} is one forward-mode JVP in t with tangent 1, which also
-returns X_{s,t}(I_s). ``semigradient = true`` stops the gradient through the teacher's input:
-b^_t(sg X_{s,t}(I_s)). At the exact flow map of b^ the residual vanishes, so the minimum is 0.
+b^ is the frozen teacher (guided with ``[loss.guidance] scale`` for labelled data); d/dt X_{s,t} is one
+forward-mode JVP in t with tangent 1, which also returns X_{s,t}(I_s). ``semigradient = true`` stops
+the gradient through the teacher's input: b^_t(sg X_{s,t}(I_s)). At the exact flow map of b^ the
+residual vanishes, so the minimum is 0.
 """
 
 from __future__ import annotations
 
 import attrs
-import torch
 
-from fmmkit.core import Batch, FlowMap, Loss, LossOutput, VelocityField
+from fmmkit.core import Batch, FlowMap, VelocityField
 from fmmkit.core.shapes import mean_squares
 from fmmkit.core.validators import one_of
 from fmmkit.derivatives import DERIVATIVE_METHODS, time_derivative
+from fmmkit.guidance import GuidanceConfig
 from fmmkit.hookspecs import hookimpl
-from fmmkit.timesampling import TimeSampling, stochastic_time_bounds
+from fmmkit.losses._common import FlowMapLoss, Term
+from fmmkit.timesampling import TimeSampling
+from fmmkit.weighting import WeightingConfig
 
 
 @attrs.define(frozen=True)
@@ -27,30 +30,23 @@ class LagrangianDistillationConfig:
     semigradient: bool = False
     derivative: str = attrs.field(default="jvp", validator=one_of(DERIVATIVE_METHODS))
     times: TimeSampling = attrs.field(factory=TimeSampling)
+    weighting: WeightingConfig = attrs.field(factory=WeightingConfig)
+    guidance: GuidanceConfig = attrs.field(factory=GuidanceConfig)
 
 
-class LagrangianDistillation(Loss):
+class LagrangianDistillation(FlowMapLoss):
     """|d/dt X_{s,t}(I_s) - b^_t(X_{s,t}(I_s))|^2 against a frozen teacher b^."""
 
     Config = LagrangianDistillationConfig
     requires_teacher = True
 
-    def __init__(self, config: LagrangianDistillationConfig, interpolant) -> None:  # type: ignore[no-untyped-def]
-        super().__init__(config, interpolant)
-        self.needs_forward_ad = config.derivative == "jvp"
-
-    def __call__(
-        self, model: FlowMap, batch: Batch, *, teacher: VelocityField | None = None, step: int = 0
-    ) -> LossOutput:
-        assert teacher is not None, "lagrangian_distillation needs a teacher velocity"
-        times = stochastic_time_bounds(self.config.times, self.interpolant.stochastic)
-        s, t = times.sample_pairs(len(batch), batch.x1.device)
-        x_s = self.interpolant.draw(batch.x1, s).x_t
+    def terms(self, model: FlowMap, batch: Batch, teacher: VelocityField | None, step: int) -> list[Term]:
+        s, t = self.sample_pairs(len(batch), batch.x1)
+        x_s = self.draw(batch, s).x_t
         x_st, dt_x_st = time_derivative(model, x_s, s, t, y=batch.y, method=self.config.derivative)
         teacher_input = x_st.detach() if self.config.semigradient else x_st
-        target = teacher.velocity(teacher_input, t, batch.y)
-        loss = mean_squares(dt_x_st - target).mean()
-        return LossOutput(loss, {"lagrangian": loss.detach()})
+        target = self.teacher_velocity(teacher, teacher_input, t, batch.y)
+        return [Term("lagrangian", mean_squares(dt_x_st - target), s, t)]
 
 
 @hookimpl

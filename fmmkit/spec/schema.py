@@ -136,9 +136,11 @@ class CheckpointConfig:
 
 @attrs.define(frozen=True)
 class CompileConfig:
-    """torch.compile of the training step (loss, JVPs and backward)."""
+    """torch.compile of the training step (loss, JVPs and backward); backend "inductor" (the default,
+    generated kernels) or another torch.compile backend such as "aot_eager" (trace only, for debugging)."""
 
     enabled: bool = False
+    backend: str = "inductor"
     mode: str = attrs.field(default="default", validator=one_of(
         ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")))
     fullgraph: bool = False

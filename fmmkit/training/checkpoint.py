@@ -1,13 +1,14 @@
 """Checkpoints: atomic directories of pickle-free state files with a checksummed manifest.
 
 Layout: ``RUN_DIR/checkpoints/step-000001000/`` holding ``NAME.safetensors`` (state every process
-shares, written by rank 0), ``NAME.rankR.safetensors`` (state of process R: its random streams, and
-under FSDP its weight and optimiser shards) and ``checkpoint.json`` (step, number of processes, and
-the size and SHA-256 of every file). A checkpoint is written into a hidden staging directory and
-renamed into place when complete, so a crash mid-write leaves the previous checkpoints untouched;
-only the last ``keep`` are kept. Loading checks sizes and checksums, parses only JSON and
-safetensors (see :mod:`fmmkit.training.statefile`), and falls back to the previous checkpoint when
-the newest is damaged.
+shares), ``NAME.rankR.safetensors`` (state of process R: its random streams, and under FSDP its
+weight and optimiser shards) and ``checkpoint.json`` (step, number of processes, and the size and
+SHA-256 of every file). Rank 0 writes everything except FSDP shards, which each process writes (so
+sharded checkpoints need a file system all processes share). A checkpoint is written into a hidden
+staging directory and renamed into place when complete, so a crash mid-write leaves the previous
+checkpoints untouched; only the last ``keep`` are kept. Loading checks sizes and checksums, parses
+only JSON and safetensors (see :mod:`fmmkit.training.statefile`), and falls back to the previous
+checkpoint when the newest is damaged.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any
 import torch
 
 from fmmkit.core.errors import UserError
-from fmmkit.training.distributed import DistEnv, all_agree, barrier
+from fmmkit.training.distributed import DistEnv, all_agree, barrier, gather_bytes
 from fmmkit.training.statefile import StateFormatError, dumps_state, loads_state
 
 CHECKPOINT_DIR = "checkpoints"
@@ -94,9 +95,12 @@ def _fsync_dir(path: Path) -> None:
 
 
 def save_checkpoint(run_dir: Path, step: int, shared: dict[str, Any], per_rank: dict[str, Any], env: DistEnv,
-                    keep: int, meta: dict[str, Any] | None = None) -> Path:
-    """Write one checkpoint (every process calls this; each writes its ``per_rank`` parts, rank 0 the
-    ``shared`` ones, the manifest and the rename). Returns the checkpoint directory."""
+                    keep: int, meta: dict[str, Any] | None = None, gather: bool = True,
+                    device: torch.device | None = None) -> Path:
+    """Write one checkpoint; every process calls this. Rank 0 writes the ``shared`` parts, the
+    manifest and the rename; the ``per_rank`` parts are gathered to rank 0 and written there
+    (``gather``; small state such as RNG streams) or written by each process (weight shards).
+    Returns the checkpoint directory."""
     root = Path(run_dir) / CHECKPOINT_DIR
     final = root / f"step-{step:09d}"
     staging = root / f".step-{step:09d}.tmp"
@@ -105,7 +109,12 @@ def save_checkpoint(run_dir: Path, step: int, shared: dict[str, Any], per_rank: 
         staging.mkdir(parents=True)
     barrier(env)
     for name, state in per_rank.items():
-        _write(staging / f"{name}.rank{env.rank}.safetensors", dumps_state(state))
+        if gather:
+            blobs = gather_bytes(dumps_state(state), env, device or torch.device("cpu"))
+            for rank, blob in enumerate(blobs if env.is_main else []):
+                _write(staging / f"{name}.rank{rank}.safetensors", blob)
+        else:
+            _write(staging / f"{name}.rank{env.rank}.safetensors", dumps_state(state))
     if env.is_main:
         for name, state in shared.items():
             _write(staging / f"{name}.safetensors", dumps_state(state))

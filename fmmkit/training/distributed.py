@@ -31,7 +31,6 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from fmmkit.spec import SpecError
 
 
 @dataclass(frozen=True)
@@ -65,7 +64,7 @@ def process_device(name: str, env: DistEnv) -> torch.device:
     device = resolve_device(name)
     if env.active and device.type == "cuda" and device.index is None:
         device = torch.device("cuda", env.local_rank)
-    if device.type == "cuda":
+    if device.type == "cuda" and device.index is not None:
         torch.cuda.set_device(device)
     return device
 
@@ -108,6 +107,21 @@ def all_agree(flag: bool, env: DistEnv, device: torch.device) -> bool:
     return bool(all_reduce_(t, env, "min").item() > 0.5)
 
 
+def gather_bytes(data: bytes, env: DistEnv, device: torch.device) -> list[bytes]:
+    """Every process's ``data``, in rank order, on every process (one all-gather of padded uint8)."""
+    if not env.active:
+        return [data]
+    size = torch.tensor([len(data)], dtype=torch.int64, device=device)
+    sizes = [torch.zeros_like(size) for _ in range(env.world_size)]
+    dist.all_gather(sizes, size)
+    longest = int(max(s.item() for s in sizes))
+    mine = torch.zeros(longest, dtype=torch.uint8)
+    mine[:len(data)] = torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else mine[:0]
+    chunks = [torch.empty(longest, dtype=torch.uint8, device=device) for _ in range(env.world_size)]
+    dist.all_gather(chunks, mine.to(device))
+    return [c[:int(n.item())].cpu().numpy().tobytes() for c, n in zip(chunks, sizes)]
+
+
 def is_sharded(t: Tensor) -> bool:
     """Whether ``t`` is a DTensor (an FSDP2 shard)."""
     from torch.distributed.tensor import DTensor
@@ -139,15 +153,17 @@ def average_gradients(params: Iterable[nn.Parameter], env: DistEnv) -> None:
     params = [p for p in params if p.requires_grad and not is_sharded(p)]
     if not env.active or not params:
         return
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([g.reshape(-1) for g in grads])
+    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
     dist.all_reduce(flat)
     flat /= env.world_size
     offset = 0
-    for p, g in zip(params, grads):
-        n = g.numel()
-        p.grad = flat[offset:offset + n].view_as(g).clone()
-        offset += n
+    for p in params:
+        mean = flat[offset:offset + p.numel()].view_as(p)
+        offset += p.numel()
+        if p.grad is None:
+            p.grad = mean.clone()
+        else:
+            p.grad.copy_(mean)
 
 
 def gradient_norm(params: Iterable[nn.Parameter], env: DistEnv, device: torch.device) -> Tensor:
@@ -194,9 +210,3 @@ def shard_model(backbone: nn.Module, env: DistEnv, device: torch.device) -> None
 def unshard_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
     """Whole tensors of a (possibly sharded) state dict, on the CPU (a collective under FSDP)."""
     return {k: full(v).detach().cpu() for k, v in state.items()}
-
-
-def sharded_state_error(saved: int, now: int) -> SpecError:
-    """Resuming an FSDP checkpoint with another number of processes."""
-    return SpecError([f"the checkpoint holds weights sharded over {saved} processes but this run has {now}; "
-                      f"resume with torchrun --nproc_per_node {saved}"])

@@ -23,7 +23,6 @@ import math
 import shutil
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,21 +33,20 @@ import fmmkit
 from fmmkit.core import Batch, FlowMap, Loss
 from fmmkit.core.errors import UserError
 from fmmkit.registry import Registry, get_registry
-from fmmkit.runs import SPEC_FILE, Run, atomic_write_text, save_tensors
+from fmmkit.runs import SPEC_FILE, Run, atomic_write_text
 from fmmkit.spec import Spec, SpecError, load_spec, spec_to_toml
 from fmmkit.spec.loader import spec_to_dict
 from fmmkit.training import distributed as dist
 from fmmkit.training.build import Pipeline, build_model, build_pipeline
-from fmmkit.training.checkpoint import (CHECKPOINT_DIR, LoadedCheckpoint, list_checkpoints, load_latest,
-                                        remove_staging, save_checkpoint)
+from fmmkit.training.checkpoint import CHECKPOINT_DIR, list_checkpoints, load_latest, remove_staging
 from fmmkit.training.distributed import DistEnv
-from fmmkit.training.ema import EMA, RAW, sampling_label, weights_file
+from fmmkit.training.ema import EMA, sampling_label, weights_file
 from fmmkit.training.logs import METRICS_FILE, TENSORBOARD_DIR, RunLog
 from fmmkit.training.optim import loss_parameters, make_optimizer, make_scheduler
 from fmmkit.training.precision import autocast, autocast_dtype, with_float32_derivatives
-from fmmkit.training.rng import capture_rng, restore_rng
 from fmmkit.training.sharding import BatchPlan, Stream
 from fmmkit.training.signals import StopFlag, TrainingInterrupted
+from fmmkit.training.state import TrainState, export_weights, restore, weights_state, write_checkpoint
 
 PICTURES_DIR = "pictures"
 #: Keys a resumed run may change; anything else must match the run's spec.toml.
@@ -82,127 +80,8 @@ def default_run_dir(spec: Spec) -> Path:
     return Path("runs") / spec.name
 
 
-@dataclass
-class TrainState:
-    """Everything that changes during training, which a checkpoint saves and restores."""
-
-    model: FlowMap
-    loss: Loss
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LambdaLR
-    ema: EMA
-    streams: list[Stream]
-    step: int = 0
-    skipped: int = 0
-
-    def params(self) -> list[torch.nn.Parameter]:
-        """Everything the optimiser updates: the model's parameters, then the loss's."""
-        return [p for group in self.optimizer.param_groups for p in group["params"]]
-
-    def named_params(self) -> list[tuple[str, torch.nn.Parameter]]:
-        """(name, parameter) of the model, then ``loss.N`` for the loss's parameters."""
-        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
-        return named + [(f"loss.{i}", p) for i, p in enumerate(loss_parameters(self.loss))]
-
-
 # ----------------------------------------------------------------------------------------------
-# checkpoints
-
-
-def checkpoint_parts(state: TrainState, sharded: bool) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(shared parts, this process's parts): under FSDP every part is per process."""
-    trainer = {"step": state.step, "skipped": state.skipped, "optimizer": state.optimizer.state_dict(),
-               "scheduler": state.scheduler.state_dict(), "loss": state.loss.state_dict()}
-    weights = {"model": state.model.state_dict(),
-               **{label: state.ema.state_dict(label, state.model) for label in state.ema.labels}}
-    rng = {"global": capture_rng(), "streams": {str(s.slot): s.state_dict() for s in state.streams}}
-    if sharded:
-        return {}, {**weights, "trainer": trainer, "rng": rng}
-    return {**weights, "trainer": trainer}, {"rng": rng}
-
-
-def _load_optimizer(optimizer: torch.optim.Optimizer, saved: dict[str, Any]) -> None:
-    """Load a saved optimizer state; shards of sharded parameters become DTensors again."""
-    from torch.distributed.tensor import DTensor
-
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    for index, entry in saved.get("state", {}).items():
-        p = params[index]
-        if dist.is_sharded(p):
-            for key, value in entry.items():
-                if key != "step" and isinstance(value, Tensor) and value.shape == dist.local(p).shape:
-                    entry[key] = DTensor.from_local(value.to(dist.local(p).device), p.device_mesh, p.placements,
-                                                    run_check=False, shape=p.shape, stride=p.stride())
-    optimizer.load_state_dict(saved)
-
-
-@torch.no_grad()
-def _load_model(model: torch.nn.Module, saved: dict[str, Tensor], where: Path) -> None:
-    live = model.state_dict()
-    if set(live) != set(saved):
-        raise SpecError([f"{where}: the checkpoint's weights do not fit this run's model (missing "
-                         f"{sorted(set(live) - set(saved))[:3]}, unexpected {sorted(set(saved) - set(live))[:3]})"])
-    for key, tensor in live.items():
-        target = dist.local(tensor)
-        if target.shape != saved[key].shape:
-            raise SpecError([f"{where}: {key} has shape {tuple(saved[key].shape)} in the checkpoint but "
-                             f"{tuple(target.shape)} in this run's model; was spec.toml edited?"])
-        target.copy_(saved[key])
-
-
-def restore(state: TrainState, loaded: LoadedCheckpoint, env: DistEnv, plan: BatchPlan, parallel: str) -> None:
-    """Put a checkpoint back into ``state``: weights, EMAs, optimiser, schedule, loss, RNG streams."""
-    manifest = loaded.manifest
-    sharded = manifest.get("parallel") == "fsdp" and manifest["world_size"] > 1
-    if sharded and (manifest["world_size"] != env.world_size or parallel != "fsdp"):
-        raise SpecError([f"{loaded.path}: the weights are sharded over {manifest['world_size']} processes (FSDP); "
-                         f"resume with torchrun --nproc_per_node {manifest['world_size']} and train.parallel = \"fsdp\""])
-    if manifest.get("micro_batches") != plan.micro_batches:
-        raise SpecError([f"{loaded.path}: the run drew {manifest.get('micro_batches')} micro-batches per step but this "
-                         f"one would draw {plan.micro_batches}; set train.micro_batches = {manifest.get('micro_batches')}"])
-    parts = loaded.parts
-    _load_model(state.model, parts["model"], loaded.path)
-    for label in state.ema.labels:
-        if label not in parts:
-            raise SpecError([f"{loaded.path}: no {label} weights in the checkpoint; ema must match the run's spec"])
-        state.ema.load_state_dict(label, parts[label])
-    trainer = parts["trainer"]
-    _load_optimizer(state.optimizer, trainer["optimizer"])
-    state.scheduler.load_state_dict(trainer["scheduler"])
-    state.loss.load_state_dict(trainer["loss"])
-    state.step, state.skipped = int(trainer["step"]), int(trainer["skipped"])
-    by_rank = loaded.others.get("rng", {})
-    restore_rng(by_rank.get(env.rank, by_rank.get(0, {"global": capture_rng()}))["global"])
-    streams = {slot: s for r in by_rank.values() for slot, s in r["streams"].items()}
-    for stream in state.streams:
-        stream.load_state_dict(streams[str(stream.slot)])
-
-
-def write_checkpoint(out: Path, state: TrainState, env: DistEnv, spec: Spec, plan: BatchPlan, sharded: bool) -> Path:
-    """Save ``state`` as checkpoint ``step-N`` (every process takes part)."""
-    shared, per_rank = checkpoint_parts(state, sharded)
-    meta = {"parallel": "fsdp" if sharded else "ddp", "micro_batches": plan.micro_batches,
-            "fmmkit": fmmkit.__version__, "torch": torch.__version__}
-    return save_checkpoint(out, state.step, shared, per_rank, env, spec.checkpoint.keep, meta)
-
-
-# ----------------------------------------------------------------------------------------------
-# weights for sampling
-
-
-def weights_state(state: TrainState, label: str) -> dict[str, Tensor]:
-    """Whole CPU tensors of the raw weights or of an EMA (a collective under FSDP)."""
-    live = state.model.state_dict() if label == RAW else state.ema.state_dict(label, state.model)
-    return dist.unshard_state(live)
-
-
-def export_weights(out: Path, state: TrainState, env: DistEnv) -> None:
-    """Write ``model.safetensors`` and each ``ema-LABEL.safetensors`` into the run directory."""
-    meta = {"fmmkit": fmmkit.__version__, "steps": str(state.step)}
-    for label in (RAW, *state.ema.labels):
-        tensors = weights_state(state, label)
-        if env.is_main:
-            save_tensors(out / weights_file(label), tensors, metadata={**meta, "weights": label})
+# pictures
 
 
 def save_step_pictures(out: Path, pipeline: Pipeline, state: TrainState, env: DistEnv) -> None:
@@ -237,7 +116,20 @@ def make_compute(model: FlowMap, loss: Loss, teacher: Any, spec: Spec) -> Any:
 
     if not spec.compile.enabled:
         return compute
-    return torch.compile(compute, mode=spec.compile.mode, fullgraph=spec.compile.fullgraph)
+    options = {"mode": spec.compile.mode} if spec.compile.backend == "inductor" else {}
+    compiled = torch.compile(compute, backend=spec.compile.backend, fullgraph=spec.compile.fullgraph, **options)
+
+    def run(x1: Tensor, y: Tensor | None, step: int) -> tuple[Tensor, dict[str, Any]]:
+        torch._dynamo.mark_static(x1)  # micro-batches keep their size: no dynamic-shape recompiles
+        try:
+            return compiled(x1, y, step)
+        except torch._dynamo.exc.TorchDynamoException as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise TrainingError(f"step {step + 1}: torch.compile could not compile loss '{spec.loss.kind}' "
+                                f"({type(exc).__name__}: {first[:300]}); set compile.enabled = false") from exc
+
+    run.compiled = compiled  # type: ignore[attr-defined]
+    return run
 
 
 def nonfinite_problem(step: int, values: dict[str, float], grad_norm: float, state: TrainState) -> str | None:
@@ -256,6 +148,32 @@ def nonfinite_problem(step: int, values: dict[str, float], grad_norm: float, sta
 
 # ----------------------------------------------------------------------------------------------
 # the loop
+
+
+def forward_backward(pipeline: Pipeline, state: TrainState, plan: BatchPlan, compute: Any,
+                     dtype: torch.dtype | None, step: int) -> tuple[list[str], Tensor]:
+    """Loss and backward of each micro-batch this process owns (gradients accumulate as the mean);
+    returns the term names and the micro-batch mean of [loss, *terms] (float64)."""
+    device = pipeline.device
+    rows, keys = [], []
+    for stream in state.streams:
+        batch = pipeline.data.sample(plan.micro_batch_size, stream.data).to(device)
+        with stream.loss_rng(), autocast(device, dtype):
+            loss, terms = compute(batch.x1, batch.y, step)
+        (loss / len(state.streams)).backward()
+        keys = keys or sorted(terms)
+        rows.append(torch.stack([_as_float(loss, device), *(_as_float(terms[k], device) for k in keys)]))
+    return keys, torch.stack(rows).mean(dim=0)
+
+
+def synchronise(state: TrainState, env: DistEnv, sharded: bool, keys: list[str], means: Tensor,
+                stop: StopFlag) -> tuple[dict[str, float], bool]:
+    """Average gradients (FSDP2 already reduced the sharded ones) and the logged values over
+    processes, and agree on a stop request; returns ({"loss": .., term: ..}, stop)."""
+    dist.average_gradients(loss_parameters(state.loss) if sharded else state.params(), env)
+    flag = torch.tensor([float(stop.requested)], dtype=torch.float64, device=means.device)
+    reduced = dist.all_reduce_(torch.cat([means / env.world_size, flag]), env).tolist()
+    return dict(zip(["loss", *keys], reduced[:-1])), reduced[-1] > 0
 
 
 def train_pipeline(pipeline: Pipeline, out: Path, progress: bool = True, *, env: DistEnv | None = None,
@@ -281,9 +199,7 @@ def train_pipeline(pipeline: Pipeline, out: Path, progress: bool = True, *, env:
     if resume:
         if env.is_main:
             remove_staging(out)
-        loaded = load_latest(out, env, device, all_ranks=("rng",))
-        restore(state, loaded, env, plan, cfg.parallel)
-        del loaded
+        restore(state, load_latest(out, env, device, all_ranks=("rng",)), env, plan, cfg.parallel)
     dtype = autocast_dtype(cfg.precision, device)
     compute = make_compute(with_float32_derivatives(model, dtype, device), pipeline.loss, pipeline.teacher, spec)
     log = RunLog(out, name=spec.name, total=cfg.steps, start=state.step, active=env.is_main, progress=progress,
@@ -298,26 +214,8 @@ def train_pipeline(pipeline: Pipeline, out: Path, progress: bool = True, *, env:
             while state.step < cfg.steps:
                 step = state.step
                 optimizer.zero_grad(set_to_none=True)
-                sums: Tensor | None = None
-                keys: list[str] = []
-                for stream in state.streams:
-                    batch = pipeline.data.sample(plan.micro_batch_size, stream.data).to(device)
-                    with stream.loss_rng(), autocast(device, dtype):
-                        loss, terms = compute(batch.x1, batch.y, step)
-                    (loss / len(state.streams)).backward()
-                    keys = keys or sorted(terms)
-                    row = torch.stack([_as_float(loss, device), *(_as_float(terms[k], device) for k in keys)])
-                    sums = row if sums is None else sums + row
-                assert sums is not None
-                if sharded:
-                    dist.average_gradients(loss_parameters(pipeline.loss), env)
-                else:
-                    dist.average_gradients(state.params(), env)
-                reduced = dist.all_reduce_(torch.cat([sums / (len(state.streams) * env.world_size),
-                                                      torch.tensor([float(stop.requested)], dtype=torch.float64,
-                                                                   device=device)]), env).tolist()
-                values = dict(zip(["loss", *keys], reduced[:-1]))
-                stop_now = reduced[-1] > 0
+                keys, means = forward_backward(pipeline, state, plan, compute, dtype, step)
+                values, stop_now = synchronise(state, env, sharded, keys, means, stop)
                 grad_norm = float(dist.gradient_norm(state.params(), env, device))
                 problem = nonfinite_problem(step + 1, values, grad_norm, state)
                 if problem is None:

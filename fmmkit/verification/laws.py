@@ -63,7 +63,7 @@ def displacement(fm: FlowMapLike, x: Tensor, s: Tensor, t: Tensor, y: Tensor | N
 def tangent_defect(fm: FlowMapLike, field: VelocityField, x: Tensor, t: Tensor, y: Tensor | None = None,
                    method: DerivativeMethod = "jvp") -> tuple[Tensor, Tensor]:
     """(d/dt X_{t,t'}(x) at t' = t minus b_t(x), b_t(x))."""
-    _, d_dt = time_derivative(_as_model(fm), x, t, t, y=y, method=method)
+    _, d_dt = time_derivative(_as_model(fm), x, t, t.clone(), y=y, method=method)
     b = field.velocity(x, t, y)
     return d_dt - b, b
 

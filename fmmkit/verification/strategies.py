@@ -4,9 +4,10 @@
 any order, so reversed maps X_{t,s} with t > s are drawn too. With ``endpoints = True`` the ends lo and
 hi are drawn often (where interpolant coefficients and their derivatives are most fragile).
 
-``grid = N`` draws times on the grid lo + (hi - lo) i / N from integers i instead of floats: hypothesis's
-targeted search hill-climbs integers by +-1, 2, 4, ... (it cannot climb a float in [0, 1]), and for
-``forward`` triples each integer then moves one degree of freedom (s, then t in [s, hi], then u in [s, t]).
+``grid = N`` draws times on the grid lo + (hi - lo) i / N as a float start plus an integer offset:
+hypothesis generates floats spread over [0, 1] (its integers crowd near 0), and its targeted search
+hill-climbs the integer by +-1, 2, 4, ... grid steps (it cannot climb a float in [0, 1]). For
+``forward`` triples each draw moves one degree of freedom (s, then t in [s, hi], then u in [s, t]).
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ def _check(order: str, lo: float, hi: float) -> None:
 
 
 def fractions(endpoints: bool = True, grid: int | None = None) -> st.SearchStrategy[float]:
-    """A number in [0, 1]: a float, or i / grid; 0 and 1 themselves about 1/4 of the time when ``endpoints``."""
+    """A number in [0, 1] (on the grid i / grid when given); 0 and 1 about 1/4 of the time when ``endpoints``."""
     if grid is not None:
-        inner = st.integers(0, grid).map(lambda i: i / grid)
+        offsets = st.tuples(st.floats(0.0, 1.0), st.integers(-grid, grid))
+        inner = offsets.map(lambda p: min(1.0, max(0.0, round(p[0] * grid + p[1]) / grid)))
     else:
         inner = st.floats(min_value=0.0, max_value=1.0, allow_nan=False, allow_infinity=False)
     return st.one_of(st.sampled_from([0.0, 1.0]), inner, inner, inner) if endpoints else inner
@@ -45,7 +47,7 @@ def time_pairs(order: str = "any", lo: float = 0.0, hi: float = 1.0, endpoints: 
     if order == "any":
         return st.tuples(times(lo, hi, endpoints, grid), times(lo, hi, endpoints, grid))
     f = fractions(endpoints, grid)
-    return st.tuples(f, f).map(lambda p: _forward_pair(lo, hi, *p))
+    return st.tuples(f, f).map(lambda p: forward_pair(lo, hi, *p))
 
 
 def time_triples(order: str = "any", lo: float = 0.0, hi: float = 1.0, endpoints: bool = True,
@@ -56,14 +58,16 @@ def time_triples(order: str = "any", lo: float = 0.0, hi: float = 1.0, endpoints
         t = times(lo, hi, endpoints, grid)
         return st.tuples(t, t, t)
     f = fractions(endpoints, grid)
-    return st.tuples(f, f, f).map(lambda p: _forward_triple(lo, hi, *p))
+    return st.tuples(f, f, f).map(lambda p: forward_triple(lo, hi, *p))
 
 
-def _forward_pair(lo: float, hi: float, a: float, b: float) -> tuple[float, float]:
+def forward_pair(lo: float, hi: float, a: float, b: float) -> tuple[float, float]:
+    """(s, t) with s = lo + (hi - lo) a and t = s + (hi - s) b, for a, b in [0, 1]."""
     s = min(hi, lo + (hi - lo) * a)
     return s, min(hi, s + (hi - s) * b)
 
 
-def _forward_triple(lo: float, hi: float, a: float, b: float, c: float) -> tuple[float, float, float]:
-    s, t = _forward_pair(lo, hi, a, b)
+def forward_triple(lo: float, hi: float, a: float, b: float, c: float) -> tuple[float, float, float]:
+    """(s, u, t) with (s, t) from :func:`forward_pair` and u = s + (t - s) c."""
+    s, t = forward_pair(lo, hi, a, b)
     return s, min(t, s + (t - s) * c), t

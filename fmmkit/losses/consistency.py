@@ -1,0 +1,84 @@
+"""``consistency_training`` and ``consistency_distillation``: continuous-time consistency models (sCM,
+Lu & Song 2024, 2410.11081) as the special case of a flow map with a fixed end time.
+
+A consistency model maps a point at any time to data. The papers run time from data at 0 to noise at
+T and learn f(x_t, t) = X_{t -> 0}, "the s = 0 flow map"; in fmmkit's convention (noise at 0, data at
+1) that is X_{s,1}, so here the end time is t = 1 and the start time s is drawn from ``times``. Samples
+come from X_{0,1} in one step (multi-step flow-map sampling is not trained: set ``[sample] steps = [1]``).
+
+With X_{s,1} = x + (1 - s) v_{s,1} and a velocity b (the guided teacher b^_s(I_s) for distillation,
+dI_s/ds for training) the consistency condition d/ds X_{s,1}(x_s) = 0 along the ODE has the residual
+
+    g = d/ds X_{s,1} + grad_x X_{s,1} b = b - v_{s,1} + r (1 - s) (d/ds v_{s,1} + grad_x v_{s,1} b),
+
+one JVP in (x, s) with tangent (b, 1) (sCM's tangent in this convention; NOTES: CD is the EMD
+semigradient restricted to t = 1, CT with the Monte-Carlo dI/ds is the MeanFlow update at t = 1). The
+loss is |v_{s,1} - sg(v_{s,1} + g / (|g| + c))|^2: sCM's tangent normalisation (c = ``tangent_norm``)
+and tangent warm-up (r ramps 0 -> 1 over ``warmup_steps``). At the exact map with r = 1 the CD residual
+vanishes; the CT residual is -grad_x X_{s,1} (dI_s/ds - b_s), zero in conditional mean (a fixed point).
+"""
+
+from __future__ import annotations
+
+import attrs
+import torch
+from torch import Tensor
+
+from fmmkit.core import Batch, FlowMap, VelocityField
+from fmmkit.core.shapes import broadcast_time
+from fmmkit.core.validators import non_negative, one_of
+from fmmkit.derivatives import DERIVATIVE_METHODS, eulerian_velocity_derivative
+from fmmkit.guidance import GuidanceConfig
+from fmmkit.hookspecs import hookimpl
+from fmmkit.losses._common import FlowMapLoss, Term, normalized, ramp, semigradient_squares
+from fmmkit.timesampling import TimeSampling
+from fmmkit.weighting import WeightingConfig
+
+
+@attrs.define(frozen=True)
+class ConsistencyConfig:
+    """tangent_norm: c of g / (|g| + c) (0: off); warmup_steps: of the ramp r; derivative; times of s."""
+
+    tangent_norm: float = attrs.field(default=0.1, validator=non_negative)
+    warmup_steps: int = attrs.field(default=1000, validator=non_negative)
+    derivative: str = attrs.field(default="jvp", validator=one_of(DERIVATIVE_METHODS))
+    times: TimeSampling = attrs.field(factory=TimeSampling)
+    weighting: WeightingConfig = attrs.field(factory=WeightingConfig)
+    guidance: GuidanceConfig = attrs.field(factory=GuidanceConfig)
+
+
+class ConsistencyTraining(FlowMapLoss):
+    """Continuous-time consistency training of X_{s,1}: the tangent is dI_s/ds (no teacher)."""
+
+    Config = ConsistencyConfig
+
+    def tangent(self, model: FlowMap, batch: Batch, s: Tensor, teacher: VelocityField | None) -> tuple[Tensor, Tensor]:
+        """(I_s, b): the start points and the velocity along which X_{s,1} must stay constant."""
+        path = self.draw(batch, s)
+        return path.x_t, self.velocity_target(model, path, batch.y).detach()
+
+    def terms(self, model: FlowMap, batch: Batch, teacher: VelocityField | None, step: int) -> list[Term]:
+        s = self.sample_times(len(batch), batch.x1)
+        t = torch.ones_like(s)
+        x_s, b = self.tangent(model, batch, s, teacher)
+        v, total = eulerian_velocity_derivative(model, x_s, s, t, b, y=batch.y, method=self.config.derivative)
+        gap = broadcast_time(t - s, v).to(v.dtype)
+        g = (b - v + ramp(step, self.config.warmup_steps) * gap * total).detach()
+        return [Term("consistency", semigradient_squares(v, normalized(g, self.config.tangent_norm)), s, t)]
+
+
+class ConsistencyDistillation(ConsistencyTraining):
+    """Continuous-time consistency distillation of X_{s,1}: the tangent is the teacher b^_s(I_s)."""
+
+    requires_teacher = True
+
+    def tangent(self, model: FlowMap, batch: Batch, s: Tensor, teacher: VelocityField | None) -> tuple[Tensor, Tensor]:
+        x_s = self.draw(batch, s).x_t
+        with torch.no_grad():
+            return x_s, self.teacher_velocity(teacher, x_s, s, batch.y)
+
+
+@hookimpl
+def register_losses(register) -> None:  # type: ignore[no-untyped-def]
+    register("consistency_training", ConsistencyTraining)
+    register("consistency_distillation", ConsistencyDistillation)
