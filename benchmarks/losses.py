@@ -282,7 +282,8 @@ def main() -> None:
         for k in ks:
             x, nfe = ode_samples(teacher, x0, kind, k)
             rows.append(("flow matching (teacher)", f"teacher ODE {kind}, {k} step{'s' if k > 1 else ''}", nfe, *scorer(x)))
-    result = teacher.sampler("dopri5")(teacher.model, x0)
+    with torch.no_grad():
+        result = teacher.sampler("dopri5")(teacher.model, x0)
     x, nfe = result.x, result.nfe
     rows.append(("flow matching (teacher)", "teacher ODE dopri5 (fmmkit)", nfe, *scorer(x)))
     print(f"teacher done in {train_seconds['flow matching (teacher)']:.0f} s", flush=True)

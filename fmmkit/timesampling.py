@@ -9,11 +9,12 @@ A spec chooses them in the nested table ``[loss.times]``:
   triangle for ``uniform``) or left as drawn for ``order = "both"`` (maps backwards in time too).
 - ``diagonal_fraction``: the share of pairs with s = t (MeanFlow's "fraction of r = t"); those rows are
   the first round(fraction * n) of the batch (batch rows are exchangeable).
+
+A loss whose defaults differ (MeanFlow's diagonal share, direct FMM's order) declares a subclass that
+overrides the field, so that a partial ``[loss.times]`` table keeps the loss's other defaults.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import attrs
 import torch
@@ -81,8 +82,3 @@ def stochastic_time_bounds(times: TimeSampling, stochastic: bool, eps: float = 1
     if not stochastic:
         return times
     return attrs.evolve(times, t_min=max(times.t_min, eps), t_max=min(times.t_max, 1 - eps))
-
-
-def time_sampling(**overrides: Any) -> Any:
-    """An attrs ``factory`` for a loss config's ``times`` field with its own defaults (e.g. order)."""
-    return lambda: TimeSampling(**overrides)

@@ -10,6 +10,14 @@ import pytest
 import torch
 
 
+@pytest.fixture
+def digits_cache(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """FMMKIT_CACHE_DIR at one directory per test session (the digits classifier trains once)."""
+    path = tmp_path_factory.getbasetemp() / "fmmkit_cache"
+    monkeypatch.setenv("FMMKIT_CACHE_DIR", str(path))
+    return path
+
+
 @pytest.fixture(autouse=True)
 def one_thread() -> Iterator[None]:
     """Tiny image nets run fastest on one thread, and a second thread stalls badly on a busy CPU."""

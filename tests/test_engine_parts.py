@@ -22,7 +22,7 @@ from fmmkit.training.logs import RunLog, _tensorboard_writer, truncate_records
 from fmmkit.training.precision import Float32DerivativesFlowMap, autocast_dtype
 from fmmkit.training.sharding import BatchPlan, Stream
 from fmmkit.training.statefile import StateFormatError, dumps_state, loads_state, same_state
-from fmmkit.training.trainer import make_compute, resume_run, train
+from fmmkit.training.trainer import resume_run, train
 
 
 # ---- state files
@@ -221,16 +221,6 @@ def test_learned_loss_weighting_is_trained_checkpointed_and_resumed(tmp_path: Pa
     assert same_state(again, loss_state)
 
 
-def test_compile_switch_wraps_the_step() -> None:
-    from fmmkit.training.build import build_pipeline
-
-    pipeline = build_pipeline(load_spec(tiny_spec()), device=torch.device("cpu"))
-    eager = make_compute(pipeline.model, pipeline.loss, None, pipeline.spec)
-    compiled = make_compute(pipeline.model, pipeline.loss, None, load_spec(tiny_spec(compile={"enabled": True})))
-    assert getattr(compiled.compiled, "_torchdynamo_orig_callable", None) is not None
-    assert not hasattr(eager, "compiled")
-
-
 def test_cli_train_arguments(tmp_path: Path, capsys) -> None:
     assert main(["train", "--quiet"]) == 2
     assert "give a SPEC file to train, or --resume RUN_DIR" in capsys.readouterr().err
@@ -238,3 +228,16 @@ def test_cli_train_arguments(tmp_path: Path, capsys) -> None:
     assert "drop SPEC, --out and --overwrite" in capsys.readouterr().err
     assert main(["train", "--resume", str(tmp_path / "none")]) == 2
     assert "not a run directory" in capsys.readouterr().err
+
+
+def test_only_the_last_checkpoints_are_kept_and_half_written_ones_are_ignored(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    train(tiny_spec(train={"steps": 5}, checkpoint={"every": 1, "keep": 2}), out=out, progress=False, pictures=False)
+    assert [step for step, _ in list_checkpoints(out)] == [4, 5]
+    staging = out / "checkpoints" / ".step-000000006.tmp"  # what a crash in the middle of a write leaves
+    staging.mkdir()
+    (staging / "model.safetensors").write_bytes(b"partial")
+    assert [step for step, _ in list_checkpoints(out)] == [4, 5]
+    resume_run(out, overrides=["train.steps=6"], progress=False, pictures=False)
+    assert not staging.exists()
+    assert [step for step, _ in list_checkpoints(out)] == [5, 6]

@@ -37,13 +37,18 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def test_signal_saves_a_checkpoint_and_resume_is_bit_identical(reference: Path, tmp_path: Path, monkeypatch) -> None:
-    def sigterm_at_step_5(step, output):  # noqa: ANN001, ANN202
-        if step == 5:
-            os.kill(os.getpid(), signal.SIGTERM)
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_saves_a_checkpoint_and_resume_is_bit_identical(reference: Path, tmp_path: Path, monkeypatch,
+                                                               signum: int) -> None:
+    sent = []
+
+    def signal_at_step_5(step, output):  # noqa: ANN001, ANN202
+        if step == 5 and not sent:  # once: a second SIGINT would interrupt at once, by design
+            sent.append(signum)
+            os.kill(os.getpid(), signum)
         return output
 
-    patch_loss(monkeypatch, sigterm_at_step_5)
+    patch_loss(monkeypatch, signal_at_step_5)
     out = tmp_path / "run"
     with pytest.raises(TrainingInterrupted):
         train(tiny_spec(train={"micro_batches": 2}), out=out, progress=False, pictures=False)
@@ -163,6 +168,11 @@ def test_resume_refuses_a_changed_spec_and_a_missing_run(reference: Path, tmp_pa
         train(tiny_spec(train={"micro_batches": 2}, model={"width": 8}), out=reference, resume=True, progress=False)
     with pytest.raises(SpecError, match="no run to resume"):
         train(tiny_spec(), out=tmp_path / "nothing", resume=True, progress=False)
+    early = tmp_path / "early"
+    early.mkdir()
+    (early / "spec.toml").write_text((reference / "spec.toml").read_text())
+    with pytest.raises(SpecError, match="before its first checkpoint.*--overwrite"):
+        resume_run(early, progress=False)
     with pytest.raises(CheckpointError, match="no checkpoint"):
         from fmmkit.training.checkpoint import load_latest
         from fmmkit.training.distributed import DistEnv

@@ -3,13 +3,11 @@ messages when torch-fidelity or the Inception weights are missing."""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
-from images_helpers import one_thread  # noqa: F401  (autouse)
+from images_helpers import digits_cache, one_thread  # noqa: F401
 
 from fmmkit.core.errors import UserError
 from fmmkit.data.digits import Digits, DigitsConfig
@@ -19,19 +17,6 @@ from fmmkit.metrics.digits_fd import DigitsFrechetDistance
 from fmmkit.metrics.fid import FID, FIDConfig, MetricUnavailableError, inception_unavailable
 
 F64 = torch.float64
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """FMMKIT_CACHE_DIR pointing at a fresh directory for this module."""
-    path = tmp_path_factory.mktemp("fmmkit_cache")
-    old = os.environ.get("FMMKIT_CACHE_DIR")
-    os.environ["FMMKIT_CACHE_DIR"] = str(path)
-    yield path
-    if old is None:
-        del os.environ["FMMKIT_CACHE_DIR"]
-    else:
-        os.environ["FMMKIT_CACHE_DIR"] = old
 
 
 def test_frechet_distance_of_diagonal_gaussians_is_closed_form() -> None:
@@ -71,12 +56,12 @@ def test_classifier_training_is_reproducible() -> None:
     assert not all(torch.equal(p, q) for p, q in zip(first.parameters(), other.parameters()))
 
 
-def test_classifier_is_cached_with_its_accuracy(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_classifier_is_cached_with_its_accuracy(digits_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from safetensors import safe_open
 
     model = dc.load_digits_classifier(seed=0)
     path = dc.classifier_path(0)
-    assert path.parent == cache and path.is_file()
+    assert path.parent == digits_cache and path.is_file()
     with safe_open(str(path), "pt") as f:
         meta = f.metadata()
     assert meta["recipe"] == dc.RECIPE and float(meta["heldout_accuracy"]) >= 0.93
@@ -91,7 +76,7 @@ def test_classifier_is_cached_with_its_accuracy(cache: Path, monkeypatch: pytest
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), again.parameters()))
 
 
-def test_digits_fd_orders_data_blur_and_noise(cache: Path) -> None:
+def test_digits_fd_orders_data_blur_and_noise(digits_cache: Path) -> None:
     metric = DigitsFrechetDistance()
     source = Digits(DigitsConfig())
     g = torch.Generator().manual_seed(0)

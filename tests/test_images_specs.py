@@ -6,13 +6,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
-from images_helpers import TINY_UNET_TABLE, make_image_folder, one_thread  # noqa: F401  (autouse)
+from images_helpers import TINY_UNET_TABLE, digits_cache, make_image_folder, one_thread  # noqa: F401
 
 from fmmkit.cli import main
 from fmmkit.evaluation import evaluate
@@ -20,14 +17,6 @@ from fmmkit.training.trainer import train
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 CIFAR_SPECS = ["cifar10_unet_lsd.toml", "cifar10_dit_b2_lsd.toml"]
-
-
-@pytest.fixture
-def cache(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    path = Path(os.environ.get("PYTEST_FMMKIT_CACHE", "")) if os.environ.get("PYTEST_FMMKIT_CACHE") else None
-    path = path or tmp_path_factory.getbasetemp() / "fmmkit_cache"
-    monkeypatch.setenv("FMMKIT_CACHE_DIR", str(path))
-    yield path
 
 
 def tiny(overrides: dict[str, object]) -> list[str]:
@@ -52,7 +41,7 @@ def test_spec_check_accepts_the_examples_without_data(name: str, capsys: pytest.
 
 
 @pytest.mark.slow
-def test_digits_teacher_then_flow_map_end_to_end(tmp_path: Path, cache: Path) -> None:
+def test_digits_teacher_then_flow_map_end_to_end(tmp_path: Path, digits_cache: Path) -> None:
     quick = {**QUICK, **shrink_unet(), "eval.num_samples": 64}
     teacher = train(EXAMPLES / "digits_teacher.toml", out=tmp_path / "teacher", overrides=tiny(quick), progress=False)
     assert (teacher / "samples.png").is_file() and (teacher / "samples_data.png").is_file()
@@ -67,7 +56,7 @@ def test_digits_teacher_then_flow_map_end_to_end(tmp_path: Path, cache: Path) ->
     assert labels[:4] == ["flow map, 1 step", "flow map, 2 steps", "flow map, 4 steps", "flow map, 8 steps"]
     assert any(label.startswith("teacher ODE") for label in labels)
     assert all(math.isfinite(r.metrics["digits_fd"]) and r.metrics["digits_fd"] >= 0 for r in rows)
-    assert (student / "eval.json").is_file() and any(cache.glob("digits_classifier_*.safetensors"))
+    assert (student / "eval.json").is_file() and any(digits_cache.glob("digits_classifier_*.safetensors"))
 
 
 def test_digits_flow_map_spec_names_its_missing_teacher(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -93,4 +82,3 @@ def test_cifar_specs_run_a_few_cpu_steps_at_reduced_size(name: str, tmp_path: Pa
     assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
     assert {"diagonal", "lagrangian"} <= set(next(r for r in records if "loss" in r))  # LSD's two terms ran
     assert (run / "model.safetensors").is_file() and (run / "samples_flow_map_1_step.png").is_file()
-    state = torch.load if False else None  # noqa: F841  (weights are safetensors, checked above)

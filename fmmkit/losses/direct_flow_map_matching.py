@@ -21,8 +21,15 @@ from fmmkit.derivatives import DERIVATIVE_METHODS, time_derivative
 from fmmkit.guidance import GuidanceConfig
 from fmmkit.hookspecs import hookimpl
 from fmmkit.losses._common import FlowMapLoss, Term
-from fmmkit.timesampling import TimeSampling, time_sampling
+from fmmkit.timesampling import PAIR_ORDERS, TimeSampling
 from fmmkit.weighting import WeightingConfig
+
+
+@attrs.define(frozen=True)
+class BothOrders(TimeSampling):
+    """Time sampling with pairs in both orders by default (the objective needs X_{t,s} and X_{s,t})."""
+
+    order: str = attrs.field(default="both", validator=one_of(PAIR_ORDERS))
 
 
 @attrs.define(frozen=True)
@@ -31,7 +38,7 @@ class DirectFlowMapMatchingConfig:
 
     invertibility_weight: float = attrs.field(default=1.0, validator=non_negative)
     derivative: str = attrs.field(default="jvp", validator=one_of(DERIVATIVE_METHODS))
-    times: TimeSampling = attrs.field(factory=time_sampling(order="both"))
+    times: BothOrders = attrs.field(factory=BothOrders)
     weighting: WeightingConfig = attrs.field(factory=WeightingConfig)
     guidance: GuidanceConfig = attrs.field(factory=GuidanceConfig)
 

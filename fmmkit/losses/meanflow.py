@@ -29,13 +29,20 @@ import attrs
 
 from fmmkit.core import Batch, FlowMap, VelocityField
 from fmmkit.core.shapes import broadcast_time, mean_squares
-from fmmkit.core.validators import one_of
+from fmmkit.core.validators import one_of, unit_interval
 from fmmkit.derivatives import DERIVATIVE_METHODS, eulerian_velocity_derivative
 from fmmkit.guidance import GuidanceConfig
 from fmmkit.hookspecs import hookimpl
 from fmmkit.losses._common import FlowMapLoss, Term
-from fmmkit.timesampling import TimeSampling, time_sampling
+from fmmkit.timesampling import TimeSampling
 from fmmkit.weighting import WeightingConfig
+
+
+@attrs.define(frozen=True)
+class MeanFlowTimes(TimeSampling):
+    """Time sampling with MeanFlow's default share of s = t pairs (75%)."""
+
+    diagonal_fraction: float = attrs.field(default=0.75, validator=unit_interval)
 
 
 def _adaptive() -> WeightingConfig:
@@ -47,7 +54,7 @@ class MeanFlowConfig:
     """derivative: jvp or finite_difference; times (diagonal_fraction 0.75); weighting (adaptive, p = 1)."""
 
     derivative: str = attrs.field(default="jvp", validator=one_of(DERIVATIVE_METHODS))
-    times: TimeSampling = attrs.field(factory=time_sampling(diagonal_fraction=0.75))
+    times: MeanFlowTimes = attrs.field(factory=MeanFlowTimes)
     weighting: WeightingConfig = attrs.field(factory=_adaptive)
     guidance: GuidanceConfig = attrs.field(factory=GuidanceConfig)
 

@@ -281,9 +281,11 @@ def _first_difference(a: Any, b: Any, path: str = "") -> str | None:
 
 def check_resumable(out: Path, spec: Spec, registry: Registry) -> None:
     """The run in ``out`` has checkpoints and was trained with ``spec`` (up to RESUMABLE_CHANGES)."""
-    if not (out / SPEC_FILE).is_file() or not list_checkpoints(out):
-        raise SpecError([f"{out}: no run to resume there (needs {SPEC_FILE} and {CHECKPOINT_DIR}/); "
-                         f"start it with 'fmmkit train SPEC --out {out}'"])
+    if not (out / SPEC_FILE).is_file():
+        raise SpecError([f"{out}: no run to resume there (no {SPEC_FILE}); start it with 'fmmkit train SPEC --out {out}'"])
+    if not list_checkpoints(out):
+        raise SpecError([f"{out}: the run stopped before its first checkpoint; start it again with "
+                         f"'fmmkit train {out / SPEC_FILE} --out {out} --overwrite'"])
     stored = load_spec(out / SPEC_FILE, registry=registry)
     mine, theirs = spec_to_dict(spec), spec_to_dict(stored)
     for key in RESUMABLE_CHANGES:

@@ -1,0 +1,143 @@
+"""Image flow maps on this machine: the digits teacher and its distilled flow map scored by the offline
+digits Frechet distance, and the cost of the attention backends in a derivative pass.
+
+Writes the "Image flow maps ..." section of RESULTS.md.
+
+    nice -n 10 python benchmarks/images.py [--teacher RUN --student RUN] [--threads N] [--attention-repeats 5]
+
+Digits: unless given trained run directories, trains examples/digits_teacher.toml and then
+examples/digits_lmd.toml (teacher.run pointed at the first) with ``fmmkit train``, then scores both
+with ``fmmkit eval`` (digits_fd, eval.num_samples = 2000 per row); the "data" row is the distance
+between two independent draws of the digits of that size (the estimator's floor). Attention: one
+JVP in the input plus a backward pass through the tangent (what a JVP loss does) on
+(B, H, N, D) = (8, 4, 256, 32) float32, median of ``--attention-repeats`` after a warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results_file import write_section  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+TITLE = ("Image flow maps: two-time UNet and DiT backbones, forward-mode-AD-capable attention, image data sets, "
+         "image metrics")
+MACHINE = "2-core CPU, no GPU, torch 2.14.1"
+
+
+def fmmkit(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "fmmkit.cli", *args], cwd=ROOT, check=True)
+
+
+def train_digits(out: Path, threads: int) -> tuple[Path, Path, list[str]]:
+    """Train the digits teacher and flow map; returns their run dirs and the commands used."""
+    teacher, student = out / "digits_teacher", out / "digits_lmd"
+    common = ["--quiet", "--overwrite", "--set", f"train.threads={threads}"]
+    commands = [
+        ["train", "examples/digits_teacher.toml", "--out", str(teacher), *common],
+        ["train", "examples/digits_lmd.toml", "--out", str(student), "--set", f"teacher.run=\"{teacher}\"", *common],
+    ]
+    for command in commands:
+        fmmkit(*command)
+    return teacher, student, [" ".join(["fmmkit", *c]) for c in commands]
+
+
+def eval_rows(run: Path) -> list[dict]:
+    fmmkit("eval", str(run))
+    return json.loads((run / "eval.json").read_text())["rows"]
+
+
+def data_floor(run: Path) -> float:
+    """digits_fd between two independent draws of the run's data (eval.num_samples each)."""
+    from fmmkit.metrics.digits_fd import DigitsFrechetDistance
+    from fmmkit.runs import load_run
+
+    loaded = load_run(run)
+    n = loaded.spec.eval.num_samples
+    a = loaded.data.sample(n, torch.Generator().manual_seed(11)).x1
+    b = loaded.data.sample(n, torch.Generator().manual_seed(12)).x1
+    return DigitsFrechetDistance()(a, b)
+
+
+def seconds(run: Path) -> float:
+    return float(json.loads((run / "run.json").read_text())["seconds"])
+
+
+def time_attention(repeats: int) -> dict[str, float]:
+    """Milliseconds of one JVP + backward through the tangent, per backend."""
+    from fmmkit.nets.attention.functional import forward_ad_attention, math_attention
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(8, 4, 256, 32, generator=g, requires_grad=True) for _ in range(3))
+    tangents = tuple(torch.randn(8, 4, 256, 32, generator=g) for _ in range(3))
+    out: dict[str, float] = {}
+    for name, fn in (("math", math_attention), ("forward_ad", forward_ad_attention)):
+        times = []
+        for i in range(repeats + 1):
+            start = time.perf_counter()
+            _, tangent = torch.func.jvp(fn, (q, k, v), tangents)
+            tangent.pow(2).sum().backward()
+            if i:
+                times.append(time.perf_counter() - start)
+        out[name] = 1000 * statistics.median(times)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--teacher", type=Path, help="a trained digits_teacher run (skip training)")
+    parser.add_argument("--student", type=Path, help="a trained digits_lmd run (skip training)")
+    parser.add_argument("--threads", type=int, default=2, help="train.threads for the two trainings")
+    parser.add_argument("--attention-repeats", type=int, default=5)
+    args = parser.parse_args()
+
+    commands: list[str] = []
+    if args.teacher and args.student:
+        teacher, student = args.teacher, args.student
+    else:
+        teacher, student, commands = train_digits(Path(tempfile.mkdtemp(prefix="fmmkit-digits-")), args.threads)
+    teacher_rows, student_rows = eval_rows(teacher), eval_rows(student)
+    floor = data_floor(student)
+    torch.set_num_threads(2)
+    attention = time_attention(args.attention_repeats)
+
+    lines = [
+        f"Machine: {MACHINE} (shared with other jobs: wall-clock times are upper bounds).",
+        "",
+        "### Digits (8x8, scikit-learn): flow map vs teacher ODE, offline digits Frechet distance",
+        "",
+        f"Training wall-clock: teacher {seconds(teacher):.0f} s, flow map (LMD) {seconds(student):.0f} s.",
+        "",
+        "| sampler | NFE | digits_fd |",
+        "| --- | ---: | ---: |",
+        *(f"| {r['label']} | {r['nfe']} | {r['metrics']['digits_fd']:.2f} |" for r in student_rows),
+        *(f"| teacher run: {r['label']} | {r['nfe']} | {r['metrics']['digits_fd']:.2f} |" for r in teacher_rows),
+        f"| data vs data (floor, {json.loads((student / 'eval.json').read_text())['num_samples']} each) | - | {floor:.2f} |",
+        "",
+        "Reproduce: " + ("; ".join(f"`{c}`" for c in commands) if commands else
+                         "`fmmkit train examples/digits_teacher.toml --out runs/digits_teacher`; "
+                         "`fmmkit train examples/digits_lmd.toml --out runs/digits_lmd`"),
+        f"then `fmmkit eval RUN` on each; all of it: `nice -n 10 python benchmarks/images.py --threads {args.threads}`.",
+        "",
+        "### Attention in a derivative pass",
+        "",
+        "One torch.func.jvp plus a backward pass through the tangent, (B, H, N, D) = (8, 4, 256, 32) float32, 2 threads:",
+        f"`math` {attention['math']:.0f} ms, `forward_ad` {attention['forward_ad']:.0f} ms "
+        f"(`sdpa` cannot take the JVP: NotImplementedError). Command: `nice -n 10 python benchmarks/images.py`.",
+    ]
+    write_section(TITLE, "\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
