@@ -193,7 +193,7 @@ class GaussianMixtureFlowMap(ExactFlowMap):
         mu, s, ds, d_mu = gaussian_moments(self.interpolant, tb, mean, var)  # (B, K, D)
         diff = flat - mu
         log_w = self.log_weights.to(x) - 0.5 * (torch.log(s) + diff.pow(2) / s).sum(-1)  # (B, K)
-        w = torch.softmax(log_w, dim=1)
+        w = (log_w - log_w.logsumexp(dim=1, keepdim=True)).exp()  # softmax; torch.softmax is ms-slow here on 2 threads
         b = d_mu + ds / (2 * s) * diff  # (B, K, D)
         return (w[:, :, None] * b).sum(1).reshape(x.shape)
 

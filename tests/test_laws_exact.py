@@ -72,7 +72,7 @@ def test_endpoint_map_of_every_registered_interpolant_is_the_data_law() -> None:
         torch.testing.assert_close(oracle(x, 0.0, 1.0), mean + std * x, atol=1e-12, rtol=0, msg=name)
 
 
-@settings(max_examples=5)
+@settings(max_examples=8)
 @given(problem=gaussian_problems(dims=(1, 3)), k=st.integers(1, 3), data=st.data())
 def test_mixture_map_obeys_the_laws_to_solver_accuracy(problem: GaussianProblem, k: int, data: st.DataObject) -> None:
     """Mixture of k Gaussians under any registered interpolant: the map laws hold to RK4 accuracy (1e-5),
