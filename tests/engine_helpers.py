@@ -52,9 +52,14 @@ def assert_same_weights(a: Path, b: Path, atol: float = 0.0) -> None:
             assert err <= atol, f"{key} differs by {err:.3g} between {a} and {b}"
 
 
-def records(run_dir: Path) -> list[dict[str, Any]]:
-    """The JSON records of a run's metrics.jsonl."""
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+def records(run_dir: Path, name: str = "metrics.jsonl") -> list[dict[str, Any]]:
+    """The JSON records of a run's metrics.jsonl (or events.jsonl)."""
+    return [json.loads(line) for line in (run_dir / name).read_text().splitlines()]
+
+
+def events(run_dir: Path) -> list[dict[str, Any]]:
+    """The records of a run's events.jsonl."""
+    return records(run_dir, "events.jsonl")
 
 
 def all_finite(path: Path) -> bool:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine_helpers import all_finite, nan_term, patch_loss, records, tiny_spec
+from engine_helpers import all_finite, events, nan_term, patch_loss, tiny_spec
 from fmmkit.cli import main
 from fmmkit.core import LossOutput
 from fmmkit.training.checkpoint import list_checkpoints
@@ -26,7 +26,7 @@ def test_nan_loss_term_stops_with_step_and_term_and_keeps_the_last_good_checkpoi
     assert [s for s, _ in saved] == [2, 4], "a checkpoint was written at or after the bad step"
     assert str(saved[-1][1]) in message
     assert all_finite(saved[-1][1] / "model.safetensors")
-    assert records(out)[-1]["event"] == "stopped"
+    assert events(out)[-1]["event"] == "stopped"
     assert not (out / "model.safetensors").exists()
 
 
@@ -45,7 +45,7 @@ def test_skip_drops_the_bad_steps_and_finishes(tmp_path: Path, monkeypatch) -> N
     patch_loss(monkeypatch, lambda step, out: nan_term(out, "lagrangian") if step in (2, 3) else out)
     out = tmp_path / "run"
     train(tiny_spec(train={"on_nonfinite": "skip"}), out=out, progress=False, pictures=False)
-    skipped = [r["step"] for r in records(out) if r.get("event") == "skipped"]
+    skipped = [r["step"] for r in events(out) if r["event"] == "skipped"]
     assert skipped == [3, 4]
     for name in ("model.safetensors", "ema-0.9.safetensors"):
         assert all_finite(out / name)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine_helpers import all_finite, assert_same_weights, patch_loss, records, tiny_spec
+from engine_helpers import all_finite, assert_same_weights, events, patch_loss, records, tiny_spec
 from fmmkit.cli import main
 from fmmkit.training.checkpoint import CheckpointError, list_checkpoints
 from fmmkit.training.signals import TrainingInterrupted
@@ -58,8 +58,10 @@ def test_signal_saves_a_checkpoint_and_resume_is_bit_identical(reference: Path, 
     monkeypatch.undo()
     resume_run(out, progress=False, pictures=False)
     assert_same_run(out, reference)
-    steps = [r["step"] for r in records(out) if "loss" in r]
+    steps = [r["step"] for r in records(out)]
     assert steps == list(range(1, 9)), f"metrics.jsonl should hold each step once, got {steps}"
+    assert [(e["event"], e["step"]) for e in events(out)] == [
+        ("checkpoint", 4), ("checkpoint", 6), ("interrupted", 6), ("resume", 6), ("checkpoint", 8)]
 
 
 def test_resume_from_an_older_checkpoint_matches_and_loads_ema_by_default(reference: Path, tmp_path: Path) -> None:

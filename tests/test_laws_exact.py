@@ -30,6 +30,8 @@ from fmmkit.testing import (
 
 F64 = torch.float64
 TOL = 1e-9
+#: The mixture map is an ODE solve: a quarter of the profile's examples (7 in "ci", 250 in "deep").
+ODE_EXAMPLES = max(5, settings.default.max_examples // 4)
 
 
 @given(problem=gaussian_problems(), triple=time_triples(order="any"), n=st.integers(1, 16))
@@ -72,7 +74,7 @@ def test_endpoint_map_of_every_registered_interpolant_is_the_data_law() -> None:
         torch.testing.assert_close(oracle(x, 0.0, 1.0), mean + std * x, atol=1e-12, rtol=0, msg=name)
 
 
-@settings(max_examples=8)
+@settings(max_examples=ODE_EXAMPLES)
 @given(problem=gaussian_problems(dims=(1, 3)), k=st.integers(1, 3), data=st.data())
 def test_mixture_map_obeys_the_laws_to_solver_accuracy(problem: GaussianProblem, k: int, data: st.DataObject) -> None:
     """Mixture of k Gaussians under any registered interpolant: the map laws hold to RK4 accuracy (1e-5),
@@ -118,7 +120,7 @@ def test_mixture_velocity_is_the_conditional_mean(name: str, noise: float) -> No
     assert max_z(wrong) > 10
 
 
-@settings(max_examples=10)
+@settings(max_examples=ODE_EXAMPLES)
 @given(ip=interpolants(), dim=st.integers(1, 4))
 def test_mixture_with_one_component_is_the_gaussian_map(ip, dim: int) -> None:  # type: ignore[no-untyped-def]
     mean = torch.linspace(-1, 1, dim, dtype=F64)
@@ -137,3 +139,34 @@ def test_jvp_at_the_endpoints_is_finite_for_noisy_interpolants() -> None:
     x = torch.randn(4, 2, dtype=F64)
     assert_flow_map_laws(oracle, x, torch.tensor([0.0, 1.0, 0.0, 1.0], dtype=F64), 0.5,
                          torch.tensor([1.0, 0.0, 0.0, 1.0], dtype=F64), atol=TOL, rtol=TOL)
+
+
+def test_gaussian_data_set_draws_its_law_and_gives_its_exact_map() -> None:
+    from fmmkit.core import BuildContext
+    from fmmkit.registry import get_registry
+
+    entry = get_registry().get("dataset", "gaussian")
+    fresh = entry.build(entry.config(dim=3, mean=[1.0, -1.0, 0.5], std=[0.5]), BuildContext())
+    x = fresh.sample(50_000, torch.Generator().manual_seed(0)).x1
+    assert x.shape == (50_000, 3) and x.dtype == torch.float32
+    torch.testing.assert_close(x.mean(0).double(), torch.tensor([1.0, -1.0, 0.5], dtype=F64), atol=0.02, rtol=0)
+    torch.testing.assert_close(x.std(0).double(), torch.full((3,), 0.5, dtype=F64), atol=0, rtol=0.02)
+    fixed = entry.build(entry.config(dim=3, mean=[0.0], std=[1.0], num_points=10, data_seed=3), BuildContext())
+    drawn = fixed.sample(200, torch.Generator().manual_seed(1)).x1
+    assert len({tuple(row.tolist()) for row in drawn}) <= 10  # resampled from the fixed set of 10 points
+    oracle = fresh.exact_flow_map(build_interpolant("trig"))
+    torch.testing.assert_close(oracle(x[:5].double(), 0.0, 1.0), torch.tensor([1.0, -1.0, 0.5], dtype=F64) + 0.5 * x[:5].double())
+    density = fresh.density(torch.tensor([[1.0, -1.0, 0.5]]))
+    torch.testing.assert_close(density, torch.tensor([(2 * math.pi * 0.25) ** -1.5]), rtol=1e-5, atol=0)
+
+
+def test_mixture_teacher_spec_errors_name_the_key() -> None:
+    from fmmkit.spec import SpecError, load_spec
+
+    base = {"data": {"kind": "eight_gaussians"}, "loss": {"kind": "lagrangian_distillation"}}
+    with pytest.raises(SpecError, match="teacher.stds"):
+        load_spec({**base, "teacher": {"kind": "gaussian_mixture", "weights": [1.0, 1.0], "means": [[0.0], [1.0]],
+                                       "stds": [0.5]}})
+    with pytest.raises(SpecError, match="teacher.weights"):
+        load_spec({**base, "teacher": {"kind": "gaussian_mixture", "weights": [1.0, -1.0], "means": [[0.0], [1.0]],
+                                       "stds": [0.5, 0.5]}})

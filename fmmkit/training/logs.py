@@ -1,9 +1,10 @@
 """What a run reports while it trains: JSON lines always, TensorBoard when installed, a progress bar.
 
 ``metrics.jsonl`` gets one record per ``train.log_every`` steps ({"step": steps done, "loss": ...,
-each loss term, "lr", "grad_norm", "samples_per_s", "elapsed_s"}) and event records ({"event":
-"checkpoint" | "resume" | "skipped" | "stopped", "step": ...}). Only rank 0 writes. On resume,
-records past the checkpoint's step (from the interrupted attempt) are dropped.
+each loss term, "lr", "grad_norm", "samples_per_s", "elapsed_s"}); ``events.jsonl`` gets
+{"event": "checkpoint" | "resume" | "skipped" | "stopped" | "interrupted", "step": ..., ...}. Only
+rank 0 writes. On resume, records past the checkpoint's step (from the interrupted attempt) are
+dropped from both.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from tqdm.auto import tqdm
 from fmmkit.runs import atomic_write_text
 
 METRICS_FILE = "metrics.jsonl"
+EVENTS_FILE = "events.jsonl"
 TENSORBOARD_DIR = "tensorboard"
 
 
@@ -52,10 +54,11 @@ class RunLog:
     def __init__(self, out: Path, *, name: str, total: int, start: int, active: bool, progress: bool,
                  tensorboard: bool) -> None:
         self.active = active
-        self.path = out / METRICS_FILE
         if active and start > 0:
-            truncate_records(self.path, start)
-        self.file = open(self.path, "a") if active else None
+            truncate_records(out / METRICS_FILE, start)
+            truncate_records(out / EVENTS_FILE, start)
+        self.file = open(out / METRICS_FILE, "a") if active else None
+        self.events = open(out / EVENTS_FILE, "a") if active else None
         self.writer = _tensorboard_writer(out) if active and tensorboard else None
         self.bar = tqdm(total=total, initial=start, desc=name, disable=not (active and progress),
                         dynamic_ncols=True, leave=False, unit="step")
@@ -65,15 +68,15 @@ class RunLog:
         """Seconds since the log was opened."""
         return time.perf_counter() - self.start_time
 
-    def write(self, record: dict[str, Any]) -> None:
-        """One JSON line (flushed)."""
-        if self.file is not None:
-            self.file.write(json.dumps(record) + "\n")
-            self.file.flush()
+    @staticmethod
+    def _write(file: Any, record: dict[str, Any]) -> None:
+        if file is not None:
+            file.write(json.dumps(record) + "\n")
+            file.flush()
 
     def metrics(self, step: int, values: dict[str, float]) -> None:
         """A metrics record at ``step`` (steps done), to JSON, TensorBoard and the progress bar."""
-        self.write({"step": step, **values, "elapsed_s": round(self.elapsed(), 3)})
+        self._write(self.file, {"step": step, **values, "elapsed_s": round(self.elapsed(), 3)})
         if self.writer is not None:
             for key, value in values.items():
                 if math.isfinite(value):
@@ -83,7 +86,7 @@ class RunLog:
 
     def event(self, step: int, event: str, **info: Any) -> None:
         """An event record (checkpoint, resume, skipped step, stop)."""
-        self.write({"event": event, "step": step, **info})
+        self._write(self.events, {"event": event, "step": step, **info})
 
     def advance(self, n: int = 1) -> None:
         """Move the progress bar."""
@@ -92,9 +95,10 @@ class RunLog:
     def close(self) -> None:
         """Flush and close everything."""
         self.bar.close()
-        if self.file is not None:
-            self.file.close()
-            self.file = None
+        for file in (self.file, self.events):
+            if file is not None:
+                file.close()
+        self.file = self.events = None
         if self.writer is not None:
             self.writer.close()
             self.writer = None

@@ -10,7 +10,7 @@ One optimiser step (``train_pipeline``):
   5. clip, optimiser and schedule step, EMA update, the loss's own ``on_step_end``;
   6. log, checkpoint, pictures; on SIGINT/SIGTERM save a checkpoint and exit.
 
-A run directory holds ``spec.toml``, ``metrics.jsonl``, ``checkpoints/``, the final raw weights
+A run directory holds ``spec.toml``, ``metrics.jsonl``, ``events.jsonl``, ``checkpoints/``, the final raw weights
 ``model.safetensors`` and one ``ema-LABEL.safetensors`` per EMA, ``run.json`` and ``samples.png``.
 ``resume_run(RUN_DIR)`` (``fmmkit train --resume RUN_DIR``) continues from the newest readable
 checkpoint; the result is bit-identical to an uninterrupted run on the same hardware.
@@ -41,7 +41,7 @@ from fmmkit.training.build import Pipeline, build_model, build_pipeline
 from fmmkit.training.checkpoint import CHECKPOINT_DIR, list_checkpoints, load_latest, remove_staging
 from fmmkit.training.distributed import DistEnv
 from fmmkit.training.ema import EMA, sampling_label, weights_file
-from fmmkit.training.logs import METRICS_FILE, TENSORBOARD_DIR, RunLog
+from fmmkit.training.logs import EVENTS_FILE, METRICS_FILE, TENSORBOARD_DIR, RunLog
 from fmmkit.training.optim import loss_parameters, make_optimizer, make_scheduler
 from fmmkit.training.precision import autocast, autocast_dtype, with_float32_derivatives
 from fmmkit.training.sharding import BatchPlan, Stream
@@ -64,7 +64,8 @@ def prepare_run_dir(out: Path, overwrite: bool) -> None:
     if overwrite:  # a fresh run must not inherit the old run's checkpoints or logs
         for name in (CHECKPOINT_DIR, TENSORBOARD_DIR, PICTURES_DIR):
             shutil.rmtree(out / name, ignore_errors=True)
-        (out / METRICS_FILE).unlink(missing_ok=True)
+        for name in (METRICS_FILE, EVENTS_FILE):
+            (out / name).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
 
 

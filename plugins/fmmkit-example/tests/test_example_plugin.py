@@ -43,7 +43,7 @@ def test_quadratic_interpolant_is_valid(noise: float) -> None:
     assert_interpolant_valid(QuadraticInterpolant(QuadraticInterpolant.Config(noise=noise)))
 
 
-@settings(deadline=None, max_examples=25)
+@settings(deadline=None)
 @given(problem=gaussian_problems(interpolant=interpolants(["quadratic"])), triple=time_triples(order="any"))
 def test_exact_gaussian_map_under_the_quadratic_interpolant_obeys_the_laws(
     problem: GaussianProblem, triple: tuple[float, float, float]
