@@ -8,7 +8,7 @@ Writes the "Image flow maps ..." section of RESULTS.md.
 Digits: unless given trained run directories, trains examples/digits_teacher.toml and then
 examples/digits_lmd.toml (teacher.run pointed at the first) with ``fmmkit train``, then scores both
 with ``fmmkit eval`` (digits_fd, eval.num_samples = 2000 per row); the "data" row is the distance
-between two independent draws of the digits of that size (the estimator's floor). Attention: one
+between independent draws of the digits of that size (the estimator's floor, 5 pairs). Attention: one
 JVP in the input plus a backward pass through the tangent (what a JVP loss does) on
 (B, H, N, D) = (8, 4, 256, 32) float32, median of ``--attention-repeats`` after a warm-up.
 """
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -57,16 +58,15 @@ def eval_rows(run: Path) -> list[dict]:
     return json.loads((run / "eval.json").read_text())["rows"]
 
 
-def data_floor(run: Path) -> float:
-    """digits_fd between two independent draws of the run's data (eval.num_samples each)."""
+def data_floor(run: Path, pairs: int = 5) -> list[float]:
+    """digits_fd between independent draws of the run's data (eval.num_samples each), for ``pairs`` pairs."""
     from fmmkit.metrics.digits_fd import DigitsFrechetDistance
     from fmmkit.runs import load_run
 
     loaded = load_run(run)
-    n = loaded.spec.eval.num_samples
-    a = loaded.data.sample(n, torch.Generator().manual_seed(11)).x1
-    b = loaded.data.sample(n, torch.Generator().manual_seed(12)).x1
-    return DigitsFrechetDistance()(a, b)
+    n, metric = loaded.spec.eval.num_samples, DigitsFrechetDistance()
+    draw = lambda seed: loaded.data.sample(n, torch.Generator().manual_seed(seed)).x1  # noqa: E731
+    return [metric(draw(100 + 2 * i), draw(101 + 2 * i)) for i in range(pairs)]
 
 
 def seconds(run: Path) -> float:
@@ -101,6 +101,7 @@ def main() -> None:
     parser.add_argument("--attention-repeats", type=int, default=5)
     args = parser.parse_args()
 
+    load = os.getloadavg()
     commands: list[str] = []
     if args.teacher and args.student:
         teacher, student = args.teacher, args.student
@@ -112,7 +113,9 @@ def main() -> None:
     attention = time_attention(args.attention_repeats)
 
     lines = [
-        f"Machine: {MACHINE} (shared with other jobs: wall-clock times are upper bounds).",
+        f"Machine: {MACHINE}, shared with other jobs (1-minute load average {load[0]:.1f} at the start, "
+        f"{os.getloadavg()[0]:.1f} at the end): wall-clock times are upper bounds. Trainings ran with "
+        f"train.threads = {args.threads}.",
         "",
         "### Digits (8x8, scikit-learn): flow map vs teacher ODE, offline digits Frechet distance",
         "",
@@ -121,8 +124,10 @@ def main() -> None:
         "| sampler | NFE | digits_fd |",
         "| --- | ---: | ---: |",
         *(f"| {r['label']} | {r['nfe']} | {r['metrics']['digits_fd']:.2f} |" for r in student_rows),
-        *(f"| teacher run: {r['label']} | {r['nfe']} | {r['metrics']['digits_fd']:.2f} |" for r in teacher_rows),
-        f"| data vs data (floor, {json.loads((student / 'eval.json').read_text())['num_samples']} each) | - | {floor:.2f} |",
+        f"| data vs data (floor: {len(floor)} pairs of independent draws) | - | {min(floor):.2f} to {max(floor):.2f} |",
+        "",
+        "The teacher ODE rows are the teacher run's own `fmmkit eval` rows too (same noise, same network): "
+        + ", ".join(f"{r['label']} {r['metrics']['digits_fd']:.2f}" for r in teacher_rows) + ".",
         "",
         "Reproduce: " + ("; ".join(f"`{c}`" for c in commands) if commands else
                          "`fmmkit train examples/digits_teacher.toml --out runs/digits_teacher`; "

@@ -38,7 +38,6 @@ from fmmkit.core import Batch, BuildContext, FlowMap
 from fmmkit.registry import get_registry
 from fmmkit.runs import Run, load_run
 from fmmkit.spec import load_spec
-from fmmkit.spec.loader import _component
 from fmmkit.training.build import build_pipeline
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -71,7 +70,8 @@ def methods(steps: int) -> list[Method]:
         Method("PFMM", "progressive_distillation", {"rounds": 4, "steps_per_round": max(1, steps // 5)}, teacher=True),
         Method("AYF-EMD", "ayf_eulerian", {"warmup_steps": warmup}, teacher=True),
         Method("AYF-LMD", "ayf_lagrangian", {"warmup_steps": warmup}, teacher=True),
-        Method("sCM distillation", "consistency_distillation", {"warmup_steps": warmup}, teacher=True, consistency=True),
+        Method("sCM distillation", "consistency_distillation", {"warmup_steps": warmup}, teacher=True,
+               consistency=True),
         Method("direct FMM", "direct_flow_map_matching"),
         Method("LSD", "lagrangian_self_distillation"),
         Method("ESD", "eulerian_self_distillation"),
@@ -88,10 +88,13 @@ def base_spec(args: argparse.Namespace, name: str, loss: dict[str, Any]) -> dict
         "name": name,
         "data": {"kind": "checkerboard"},
         "interpolant": {"kind": "linear"},
-        "model": {"kind": "mlp", "width": args.width, "depth": args.depth},
+        "model": {"kind": "mlp", "width": args.width, "depth": args.depth, "time_dim": args.time_dim},
         "loss": loss,
         "optim": {"lr": args.lr, "schedule": "cosine", "warmup_steps": 100, "grad_clip": 1.0},
-        "train": {"steps": args.steps, "batch_size": args.batch, "seed": 0, "log_every": max(1, args.steps // 10)},
+        "train": {"steps": args.steps, "batch_size": args.batch, "seed": 0, "log_every": max(1, args.steps // 10),
+                  "threads": args.threads, "device": "cpu"},
+        "checkpoint": {"every": 0},
+        "log": {"tensorboard": False},
     }
 
 
@@ -103,9 +106,8 @@ class Scorer:
     def __init__(self, run: Run, kl_samples: int, ed_samples: int) -> None:
         registry = get_registry()
         self.data = run.data
-        self.kl = registry.build("metric", "histogram_kl", registry.get("metric", "histogram_kl").config(), BuildContext())
-        self.ed = registry.build("metric", "energy_distance", registry.get("metric", "energy_distance").config(),
-                                 BuildContext())
+        self.kl, self.ed = (registry.build("metric", name, registry.get("metric", name).config(), BuildContext())
+                            for name in ("histogram_kl", "energy_distance"))
         self.reference = run.data.sample(max(kl_samples, ed_samples), torch.Generator().manual_seed(1234)).x1.float()
         self.noise = torch.randn(kl_samples, 2, generator=torch.Generator().manual_seed(1235))
         self.ed_samples = ed_samples
@@ -255,17 +257,20 @@ def step_costs(args: argparse.Namespace, teacher: Run, rounds: int) -> dict[str,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="runs/bench_losses")
-    parser.add_argument("--steps", type=int, default=1500)
-    parser.add_argument("--batch", type=int, default=512)
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--width", type=int, default=128)
     parser.add_argument("--depth", type=int, default=4)
+    parser.add_argument("--time-dim", type=int, default=2, help="MLP time_dim (2: one sinusoid per time)")
     parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steadier on a shared CPU)")
     parser.add_argument("--kl-samples", type=int, default=100_000)
     parser.add_argument("--ed-samples", type=int, default=10_000)
-    parser.add_argument("--cost-rounds", type=int, default=15)
+    parser.add_argument("--cost-rounds", type=int, default=10)
     parser.add_argument("--only", nargs="*", default=None, help="labels of the methods to run (default: all)")
     parser.add_argument("--no-write", action="store_true", help="print the table without writing RESULTS.md")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     wall = time.perf_counter()
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)
@@ -274,19 +279,21 @@ def main() -> None:
     start = time.perf_counter()
     teacher = load_run(fmmkit.train(base_spec(args, "teacher", {"kind": "flow_matching"}), out=out / "teacher",
                                     progress=False, pictures=False))
-    train_seconds = {"flow matching (teacher)": time.perf_counter() - start}
+    train_seconds = {"flow matching": time.perf_counter() - start}
     scorer = Scorer(teacher, args.kl_samples, args.ed_samples)
     x0 = scorer.noise
     rows: list[tuple[str, str, int, float, float]] = []
     for kind, ks in [("euler", STEPS), ("midpoint", (1, 2, 4)), ("rk4", (2,))]:
         for k in ks:
             x, nfe = ode_samples(teacher, x0, kind, k)
-            rows.append(("flow matching (teacher)", f"teacher ODE {kind}, {k} step{'s' if k > 1 else ''}", nfe, *scorer(x)))
+            label = f"teacher ODE {kind}, {k} step{'s' if k > 1 else ''}"
+            rows.append(("flow matching (teacher)", label, nfe, *scorer(x)))
     with torch.no_grad():
         result = teacher.sampler("dopri5")(teacher.model, x0)
     x, nfe = result.x, result.nfe
     rows.append(("flow matching (teacher)", "teacher ODE dopri5 (fmmkit)", nfe, *scorer(x)))
-    print(f"teacher done in {train_seconds['flow matching (teacher)']:.0f} s", flush=True)
+    print(f"teacher trained in {train_seconds['flow matching']:.0f} s, evaluated at {time.perf_counter() - wall:.0f} s",
+          flush=True)
 
     for m in methods(args.steps):
         if args.only and m.label not in args.only:
@@ -303,16 +310,19 @@ def main() -> None:
             else:
                 x, sampler = flow_map_samples(run, x0, k), f"flow map, {k} step{'s' if k > 1 else ''}"
             rows.append((m.label, sampler, k, *scorer(x)))
-        print(f"{m.label}: {train_seconds[m.label]:.0f} s, 1-step KL {rows[-4][3]:.3f} ED {rows[-4][4]:.4f}", flush=True)
+        print(f"{m.label}: {train_seconds[m.label]:.0f} s, 1-step KL {rows[-4][3]:.3f} ED {rows[-4][4]:.4f}",
+              flush=True)
 
     start = time.perf_counter()
     meta_model, meta_train = train_meta(args)
-    train_seconds[f"Meta flow_matching {meta_version}"] = meta_train
+    train_seconds["Meta flow_matching"] = meta_train
     rows += [(f"Meta flow_matching {meta_version}", label, nfe, kl, ed)
              for label, nfe, kl, ed in meta_rows(meta_model, scorer, x0)]
     print(f"meta flow_matching done in {time.perf_counter() - start:.0f} s", flush=True)
 
+    start = time.perf_counter()
     costs = step_costs(args, teacher, args.cost_rounds)
+    print(f"step costs measured in {time.perf_counter() - start:.0f} s", flush=True)
     total = time.perf_counter() - wall
     body = report(args, rows, costs, train_seconds, total, meta_version)
     print(body)
@@ -329,12 +339,18 @@ def report(args: argparse.Namespace, rows: list, costs: dict[str, float], train_
     command = ("nice -n 10 .venv/bin/python benchmarks/losses.py" +
                "".join(f" --{k.replace('_', '-')} {v}" for k, v in [("steps", args.steps), ("batch", args.batch),
                                                                       ("width", args.width), ("depth", args.depth),
-                                                                      ("lr", args.lr)]))
+                                                                      ("time_dim", args.time_dim), ("lr", args.lr),
+                                                                      ("threads", args.threads),
+                                                                      ("kl_samples", args.kl_samples),
+                                                                      ("ed_samples", args.ed_samples),
+                                                                      ("cost_rounds", args.cost_rounds)]))
     lines = [
-        f"Machine: 2-core CPU, no GPU, torch {torch.__version__} (shared with other jobs: timings are noisy). "
+        f"Machine: 2-core CPU, no GPU, torch {torch.__version__}, {args.threads} torch thread(s); the CPU was shared "
+        "with other jobs, so timings are noisy. "
         f"Reproduce: `{command}` ({total / 60:.1f} min wall in total).",
         "",
-        f"Budget for every row: checkerboard, MLP {args.width} x {args.depth} (fmmkit `mlp`), Adam lr {args.lr} cosine "
+        f"Budget for every row: checkerboard, MLP {args.width} x {args.depth} with time_dim {args.time_dim} (fmmkit "
+        f"`mlp`; time_dim 2 is one sinusoid per time, see below), Adam lr {args.lr} cosine "
         f"with 100 warm-up steps, grad clip 1, batch {args.batch}, {args.steps} steps, seed 0, linear interpolant. "
         "The distillation rows (LMD, EMD, PFMM, AYF, sCM distillation) distill the flow-matching teacher row, "
         "which itself took the same budget. Metrics on the same noise for every row: checkerboard KL "
@@ -352,15 +368,15 @@ def report(args: argparse.Namespace, rows: list, costs: dict[str, float], train_
     lines += [
         "",
         f"Cost of one training step (forward, backward, Adam) on one batch of {args.batch}, median of "
-        f"{args.cost_rounds} interleaved rounds of 3 steps, relative to flow matching ({fm:.1f} ms); training wall time "
-        "of each row's run (same process, same budget).",
+        f"{args.cost_rounds} interleaved rounds of 3 steps, relative to flow matching ({fm:.1f} ms); training "
+        "wall time of each row's run (same process, same budget).",
         "",
         "| method | ms / step | x flow matching | self-distillation paper | training run (s) |",
         "|---|---|---|---|---|",
     ]
     for label, ms in costs.items():
-        seconds = next((v for k, v in train_seconds.items() if k.startswith(label)), None)
-        run_s = f"{seconds:.0f}" if seconds is not None else ""
+        seconds = train_seconds.get(label)
+        run_s = f"{seconds:.0f}" if seconds is not None else "not trained"
         lines.append(f"| {label} | {ms:.1f} | {ms / fm:.2f} | {PAPER_COST.get(label, '')} | {run_s} |")
     return "\n".join(lines)
 

@@ -10,7 +10,9 @@ its unconditional output, as fmmkit's backbones do. With scale w:
   the guided conditional velocity w dI_t/dt + (1 - w) sg(v_{t,t}(I_t | null)), whose conditional mean is
   b^w_t (MeanFlow, 2505.13447 Sec. 4.2; the same target serves every loss that regresses on dI_t/dt).
   ``label_dropout`` replaces a share of labels by the null label so that v(. | null) is learned
-  too. Backbones with their own ``label_dropout`` (dit, unet) drop labels themselves: use one of the two.
+  too. Backbones with their own ``label_dropout`` (dit, unet) drop labels themselves: use one of the
+  two, preferably this one: it drops once per batch, so every pass a loss makes (a JVP, its target)
+  sees the same labels, where a backbone draws a new mask in each pass.
 
 w = 1 is plain conditional training; the map learned is then the flow map of b^w and samples with it
 directly (one network pass per step, no guidance at sampling time).

@@ -46,7 +46,8 @@ class TimeSampling:
         if self.t_min > self.t_max:
             raise SpecValueError("t_max", f"must be >= t_min = {self.t_min}, got {self.t_max}")
         if self.distribution == "discrete" and self.grid_size < 1:
-            raise SpecValueError("grid_size", "must be >= 1 for distribution = \"discrete\" (the number of grid intervals)")
+            raise SpecValueError("grid_size",
+                                 "must be >= 1 (the number of grid intervals) for distribution = \"discrete\"")
 
     def unit(self, n: int, device: torch.device | str, dtype: torch.dtype) -> Tensor:
         """n draws in [0, 1] of the chosen distribution before mapping to [t_min, t_max]."""
@@ -61,7 +62,9 @@ class TimeSampling:
         """n times (n,)."""
         return self.t_min + (self.t_max - self.t_min) * self.unit(n, device, dtype)
 
-    def sample_pairs(self, n: int, device: torch.device | str, dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
+    def sample_pairs(
+        self, n: int, device: torch.device | str, dtype: torch.dtype = torch.float32
+    ) -> tuple[Tensor, Tensor]:
         """n pairs (s, t), each (n,): s <= t for ``forward``, any order for ``both``; the first
         round(diagonal_fraction * n) pairs have s = t."""
         a, b = self.sample(n, device, dtype), self.sample(n, device, dtype)

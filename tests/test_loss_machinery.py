@@ -39,7 +39,8 @@ def interpolant(kind: str = "linear", noise: float = 0.0) -> Any:
 def make_loss(name: str, ip: Any, num_classes: int | None = None, **config: Any) -> Any:
     registry = get_registry()
     spec = _component({"kind": name, **config}, "loss", "loss", "test", registry)
-    return registry.build("loss", name, spec.config, BuildContext(data_shape=(2,), num_classes=num_classes, interpolant=ip))
+    ctx = BuildContext(data_shape=(2,), num_classes=num_classes, interpolant=ip)
+    return registry.build("loss", name, spec.config, ctx)
 
 
 # ---- time sampling -------------------------------------------------------------------------------

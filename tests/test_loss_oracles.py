@@ -5,8 +5,8 @@ eps * P(x, s, t), P a fixed smooth perturbation and eps a parameter; the teacher
 For data N(m, diag(std^2)) under the linear and trig interpolants, with and without gamma noise:
 
 1. value at eps = 0, of the loss and of each named term: residuals ~0 (< 1e-12), terms that regress
-   on dI/dt at their closed-form floor (the conditional variance, integrated over the loss's own time law by Gauss-Legendre
-   quadrature), within 2.5% relative (Monte Carlo over 2^15 samples; the standard error is ~0.6%);
+   on dI/dt at their closed-form floor (the conditional variance, integrated over the loss's own time
+   law by Gauss-Legendre quadrature), within 2.5% relative (Monte Carlo over 2^15 samples; the standard error is ~0.6%);
 2. the value rises along eps in either direction (objectives only; see ``SEMIGRADIENT_ONLY``);
 3. the training update vanishes at the exact map and points back to it along eps in either direction:
    d loss / d eps (stop-gradients as in training) has the sign of eps at eps = +-0.3, and at eps = 0 it

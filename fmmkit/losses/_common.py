@@ -22,7 +22,7 @@ from fmmkit.core import Batch, BuildContext, FlowMap, Interpolant, InterpolantSa
 from fmmkit.core.flow_map import time_dtype
 from fmmkit.core.shapes import broadcast_time, mean_squares
 from fmmkit.core.validators import one_of, unit_interval
-from fmmkit.derivatives import DERIVATIVE_METHODS
+from fmmkit.derivatives import DERIVATIVE_METHODS, eulerian_velocity_derivative
 from fmmkit.guidance import GuidanceConfig, drop_labels, guided_regression_target, guided_velocity
 from fmmkit.timesampling import TimeSampling, diagonal_count, stochastic_time_bounds
 from fmmkit.weighting import Weighting, WeightingConfig
@@ -132,6 +132,14 @@ class FlowMapLoss(Loss):
     def velocity_target(self, model: FlowMap, path: InterpolantSample, y: Tensor | None) -> Tensor:
         """The regression target for v_{t,t}(I_t): dI_t/dt, guided when labels and a scale are given."""
         return guided_regression_target(model, path.x_t, path.t, path.dx_t, y, self.guidance.scale, self.num_classes)
+
+    def eulerian_parts(
+        self, model: FlowMap, x: Tensor, s: Tensor, t: Tensor, b: Tensor, y: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        """(v, T) = (v_{s,t}(x), (t - s) (d/ds v_{s,t} + grad_x v_{s,t} b)(x)), one JVP with tangent (b, 1, 0)
+        by ``config.derivative``; the Eulerian residual d/ds X + grad_x X b equals b - v + T."""
+        v, total = eulerian_velocity_derivative(model, x, s, t, b, y=y, method=self.config.derivative)
+        return v, broadcast_time(t - s, v).to(v.dtype) * total
 
     def flow_matching_term(self, model: FlowMap, batch: Batch, name: str) -> Term:
         """|v_{t,t}(I_t) - dI_t/dt|^2 per sample (guided target with labels)."""

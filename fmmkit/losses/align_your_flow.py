@@ -9,7 +9,8 @@ its F is our v after t -> 1 - t, up to sign) with X_{s,t} = x + (t - s) v_{s,t},
   Lagrangian g = b^_t(sg X_{s,t}(I_s)) - v_{s,t}(I_s) - r (t - s) d/dt v_{s,t}(I_s)
              (minus the LMD residual d/dt X - b^_t(X); one JVP in t)
 
-  L = E |v_{s,t}(I_s) - sg(v_{s,t}(I_s) + g / (|g| + c))|^2      (2506.14603; the tangent normalisation of sCM, 2410.11081)
+  L = E |v_{s,t}(I_s) - sg(v_{s,t}(I_s) + g / (|g| + c))|^2
+  (2506.14603, with the tangent normalisation of sCM, 2410.11081)
 
 The gradient is -2 g / (|g| + c) . dv/dtheta: the JVP is never differentiated. ``tangent_norm`` is c
 (0.1; 0 turns normalisation off) and r ramps linearly from 0 to 1 over ``warmup_steps`` (the
@@ -25,7 +26,7 @@ import torch
 from fmmkit.core import Batch, FlowMap, VelocityField
 from fmmkit.core.shapes import broadcast_time
 from fmmkit.core.validators import non_negative, one_of
-from fmmkit.derivatives import DERIVATIVE_METHODS, eulerian_velocity_derivative, lagrangian_velocity_derivative
+from fmmkit.derivatives import DERIVATIVE_METHODS, lagrangian_velocity_derivative
 from fmmkit.guidance import GuidanceConfig
 from fmmkit.hookspecs import hookimpl
 from fmmkit.losses._common import FlowMapLoss, Term, normalized, ramp, semigradient_squares
@@ -56,9 +57,8 @@ class AlignYourFlowEulerian(FlowMapLoss):
         x_s = self.draw(batch, s).x_t
         with torch.no_grad():
             b = self.teacher_velocity(teacher, x_s, s, batch.y)
-        v, total = eulerian_velocity_derivative(model, x_s, s, t, b, y=batch.y, method=self.config.derivative)
-        gap = broadcast_time(t - s, v).to(v.dtype)
-        g = (b - v + ramp(step, self.config.warmup_steps) * gap * total).detach()
+        v, transport = self.eulerian_parts(model, x_s, s, t, b, batch.y)
+        g = (b - v + ramp(step, self.config.warmup_steps) * transport).detach()
         return [Term("eulerian", semigradient_squares(v, normalized(g, self.config.tangent_norm)), s, t)]
 
 

@@ -25,9 +25,8 @@ import torch
 from torch import Tensor
 
 from fmmkit.core import Batch, FlowMap, VelocityField
-from fmmkit.core.shapes import broadcast_time
 from fmmkit.core.validators import non_negative, one_of
-from fmmkit.derivatives import DERIVATIVE_METHODS, eulerian_velocity_derivative
+from fmmkit.derivatives import DERIVATIVE_METHODS
 from fmmkit.guidance import GuidanceConfig
 from fmmkit.hookspecs import hookimpl
 from fmmkit.losses._common import FlowMapLoss, Term, normalized, ramp, semigradient_squares
@@ -61,9 +60,8 @@ class ConsistencyTraining(FlowMapLoss):
         s = self.sample_times(len(batch), batch.x1)
         t = torch.ones_like(s)
         x_s, b = self.tangent(model, batch, s, teacher)
-        v, total = eulerian_velocity_derivative(model, x_s, s, t, b, y=batch.y, method=self.config.derivative)
-        gap = broadcast_time(t - s, v).to(v.dtype)
-        g = (b - v + ramp(step, self.config.warmup_steps) * gap * total).detach()
+        v, transport = self.eulerian_parts(model, x_s, s, t, b, batch.y)
+        g = (b - v + ramp(step, self.config.warmup_steps) * transport).detach()
         return [Term("consistency", semigradient_squares(v, normalized(g, self.config.tangent_norm)), s, t)]
 
 

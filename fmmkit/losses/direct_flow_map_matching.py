@@ -1,4 +1,5 @@
-"""``direct_flow_map_matching``: flow map matching on the interpolant, no teacher (Boffi, Albergo & Vanden-Eijnden 2024, 2406.07507).
+"""``direct_flow_map_matching``: flow map matching on the interpolant, no teacher (Boffi, Albergo &
+Vanden-Eijnden 2024, 2406.07507).
 
 L(theta) = E_{s,t} [ |d_2 X_{s,t}(y) - dI_t/dt|^2 + lambda |X_{s,t}(y) - I_t|^2 ],   y = X_{t,s}(I_t),
 

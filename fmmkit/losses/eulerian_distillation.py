@@ -20,9 +20,9 @@ import attrs
 import torch
 
 from fmmkit.core import Batch, FlowMap, VelocityField
-from fmmkit.core.shapes import broadcast_time, mean_squares
+from fmmkit.core.shapes import mean_squares
 from fmmkit.core.validators import one_of
-from fmmkit.derivatives import DERIVATIVE_METHODS, eulerian_velocity_derivative
+from fmmkit.derivatives import DERIVATIVE_METHODS
 from fmmkit.guidance import GuidanceConfig
 from fmmkit.hookspecs import hookimpl
 from fmmkit.losses._common import FlowMapLoss, Term, semigradient_squares
@@ -52,12 +52,11 @@ class EulerianDistillation(FlowMapLoss):
         x_s = self.draw(batch, s).x_t
         with torch.no_grad():
             b = self.teacher_velocity(teacher, x_s, s, batch.y)
-        v, total = eulerian_velocity_derivative(model, x_s, s, t, b, y=batch.y, method=self.config.derivative)
-        gap = broadcast_time(t - s, v).to(v.dtype)
+        v, transport = self.eulerian_parts(model, x_s, s, t, b, batch.y)
         if self.config.semigradient:
-            values = semigradient_squares(v, b - v + gap * total.detach())
+            values = semigradient_squares(v, b - v + transport.detach())
         else:
-            values = mean_squares(b - v + gap * total)
+            values = mean_squares(b - v + transport)
         return [Term("eulerian", values, s, t)]
 
 

@@ -28,9 +28,9 @@ from __future__ import annotations
 import attrs
 
 from fmmkit.core import Batch, FlowMap, VelocityField
-from fmmkit.core.shapes import broadcast_time, mean_squares
+from fmmkit.core.shapes import mean_squares
 from fmmkit.core.validators import one_of, unit_interval
-from fmmkit.derivatives import DERIVATIVE_METHODS, eulerian_velocity_derivative
+from fmmkit.derivatives import DERIVATIVE_METHODS
 from fmmkit.guidance import GuidanceConfig
 from fmmkit.hookspecs import hookimpl
 from fmmkit.losses._common import FlowMapLoss, Term
@@ -68,10 +68,8 @@ class MeanFlow(FlowMapLoss):
         s, t = self.sample_pairs(len(batch), batch.x1)
         path = self.draw(batch, s)
         velocity = self.velocity_target(model, path, batch.y).detach()
-        v, total = eulerian_velocity_derivative(model, path.x_t, s, t, velocity, y=batch.y,
-                                                method=self.config.derivative)
-        target = velocity + broadcast_time(t - s, v).to(v.dtype) * total
-        return [Term("meanflow", mean_squares(v - target.detach()), s, t)]
+        v, transport = self.eulerian_parts(model, path.x_t, s, t, velocity, batch.y)
+        return [Term("meanflow", mean_squares(v - (velocity + transport).detach()), s, t)]
 
 
 @hookimpl

@@ -1,4 +1,5 @@
-"""``progressive_distillation`` (PFMM): progressive flow map matching (Boffi, Albergo & Vanden-Eijnden 2024, 2406.07507).
+"""``progressive_distillation`` (PFMM): progressive flow map matching (Boffi, Albergo & Vanden-Eijnden
+2024, 2406.07507).
 
 L(theta) = E |X_{s,t}(I_s) - X'_{u,t}(X'_{s,u}(I_s))|^2,   u = (s + t) / 2,   0 <= t - s <= h_r,
 
