@@ -6,8 +6,9 @@ Writes the "Image flow maps ..." section of RESULTS.md.
     nice -n 10 python benchmarks/images.py [--teacher RUN --student RUN] [--threads N] [--attention-repeats 5]
 
 Digits: unless given trained run directories, trains examples/digits_teacher.toml and then
-examples/digits_lmd.toml (teacher.run pointed at the first) with ``fmmkit train``, then scores both
-with ``fmmkit eval`` (digits_fd, eval.num_samples = 2000 per row); the "data" row is the distance
+examples/digits_lmd.toml (teacher.run pointed at the first) with ``fmmkit train``, then scores
+the flow map with ``fmmkit eval`` (digits_fd, eval.num_samples = 2000 per row; its "teacher ODE"
+rows integrate the teacher run's velocity); the "data" row is the distance
 between independent draws of the digits of that size (the estimator's floor, 5 pairs). Attention: one
 JVP in the input plus a backward pass through the tangent (what a JVP loss does) on
 (B, H, N, D) = (8, 4, 256, 32) float32, median of ``--attention-repeats`` after a warm-up.
@@ -107,7 +108,7 @@ def main() -> None:
         teacher, student = args.teacher, args.student
     else:
         teacher, student, commands = train_digits(Path(tempfile.mkdtemp(prefix="fmmkit-digits-")), args.threads)
-    teacher_rows, student_rows = eval_rows(teacher), eval_rows(student)
+    student_rows = eval_rows(student)  # its teacher ODE rows are the teacher run's own
     floor = data_floor(student)
     torch.set_num_threads(2)
     attention = time_attention(args.attention_repeats)
@@ -125,9 +126,6 @@ def main() -> None:
         "| --- | ---: | ---: |",
         *(f"| {r['label']} | {r['nfe']} | {r['metrics']['digits_fd']:.2f} |" for r in student_rows),
         f"| data vs data (floor: {len(floor)} pairs of independent draws) | - | {min(floor):.2f} to {max(floor):.2f} |",
-        "",
-        "The teacher ODE rows are the teacher run's own `fmmkit eval` rows too (same noise, same network): "
-        + ", ".join(f"{r['label']} {r['metrics']['digits_fd']:.2f}" for r in teacher_rows) + ".",
         "",
         "Reproduce: " + ("; ".join(f"`{c}`" for c in commands) if commands else
                          "`fmmkit train examples/digits_teacher.toml --out runs/digits_teacher`; "

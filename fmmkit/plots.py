@@ -72,7 +72,8 @@ def save_image_grids(path: str | Path, panels: list[tuple[str, Any]], reference:
     """Image data: a PNG of titled image grids (the data first, then one per panel), and each grid
     also on its own as ``<stem>_<title>.png`` beside it (torchvision make_grid / save_image).
 
-    Images are (N, C, H, W) in [-1, 1] (NumPy or torch); the first IMAGE_GRID_SIZE of each are shown.
+    Images are (N, C, H, W) in [-1, 1] (NumPy or torch); the first IMAGE_GRID_SIZE of each are shown,
+    enlarged by pixel repetition to at least 32 pixels a side.
     """
     import torch
     from torchvision.utils import make_grid, save_image
@@ -84,6 +85,9 @@ def save_image_grids(path: str | Path, panels: list[tuple[str, Any]], reference:
     for title, x in items:
         images = ((torch.as_tensor(np.asarray(x))[:IMAGE_GRID_SIZE].float() + 1) / 2).clamp(0, 1)
         assert images.ndim == 4, f"image grids need (N, C, H, W) images, got shape {tuple(images.shape)}"
+        zoom = math.ceil(32 / images.shape[-1])  # small images (8x8 digits) are enlarged, pixel for pixel
+        if zoom > 1:
+            images = images.repeat_interleave(zoom, dim=-1).repeat_interleave(zoom, dim=-2)
         grid = make_grid(images, nrow=math.ceil(math.sqrt(images.shape[0])), padding=1, pad_value=1.0)
         save_image(grid, path.with_name(f"{path.stem}_{_slug(title)}.png"))
         grids.append((title, grid.permute(1, 2, 0).numpy()))
