@@ -70,6 +70,20 @@ def data_floor(run: Path, pairs: int = 5) -> list[float]:
     return [metric(draw(100 + 2 * i), draw(101 + 2 * i)) for i in range(pairs)]
 
 
+def classifier_line() -> str:
+    """Which digits classifier gave the features (recipe, seed, held-out accuracy, cache file)."""
+    from safetensors import safe_open
+
+    from fmmkit.metrics._digits_classifier import classifier_path
+
+    path = classifier_path(0)
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    return (f"digits_fd features: fmmkit's digits classifier, recipe {meta['recipe']}, seed {meta['seed']}, "
+            f"held-out accuracy {float(meta['heldout_accuracy']):.3f} (cached at {path.name} in the fmmkit cache "
+            "directory; see fmmkit/metrics/_digits_classifier.py).")
+
+
 def seconds(run: Path) -> float:
     return float(json.loads((run / "run.json").read_text())["seconds"])
 
@@ -122,6 +136,8 @@ def main() -> None:
         "",
         f"Training wall-clock: teacher {seconds(teacher):.0f} s, flow map (LMD) {seconds(student):.0f} s.",
         "",
+        classifier_line(),
+        "",
         "| sampler | NFE | digits_fd |",
         "| --- | ---: | ---: |",
         *(f"| {r['label']} | {r['nfe']} | {r['metrics']['digits_fd']:.2f} |" for r in student_rows),
@@ -130,7 +146,7 @@ def main() -> None:
         "Reproduce: " + ("; ".join(f"`{c}`" for c in commands) if commands else
                          "`fmmkit train examples/digits_teacher.toml --out runs/digits_teacher`; "
                          "`fmmkit train examples/digits_lmd.toml --out runs/digits_lmd`"),
-        f"then `fmmkit eval RUN` on each; all of it: `nice -n 10 python benchmarks/images.py --threads {args.threads}`.",
+        f"then `fmmkit eval` on the flow-map run; all of it: `nice -n 10 python benchmarks/images.py --threads {args.threads}`.",
         "",
         "### Attention in a derivative pass",
         "",

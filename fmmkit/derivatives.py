@@ -17,6 +17,7 @@ backbones without forward-mode AD.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Literal
 
@@ -24,6 +25,9 @@ import torch
 from torch import Tensor, nn
 
 from fmmkit.core.flow_map import FlowMap
+
+# torch.func.jvp scripts a helper on first use and torch 2.14 warns about its own call; not ours to fix.
+warnings.filterwarnings("ignore", message=r"`torch.jit.script` is deprecated", category=FutureWarning)
 
 DerivativeMethod = Literal["jvp", "finite_difference"]
 DERIVATIVE_METHODS: tuple[str, ...] = ("jvp", "finite_difference")

@@ -47,6 +47,7 @@ class TorchvisionImages(ImageSource):
     """A torchvision data set with uint8 pixels, loaded from ``root`` on first use."""
 
     dataset_name: ClassVar[str]
+    torchvision_class: ClassVar[str]  # the class in torchvision.datasets
     native: ClassVar[tuple[int, int]]  # (channels, size)
     layout: ClassVar[str]
 
@@ -55,14 +56,13 @@ class TorchvisionImages(ImageSource):
         channels, native = self.native
         super().__init__(channels, config.size or native, 10 if config.labels else None, config.random_flip)
 
-    def open(self, root: str) -> Any:
-        """The torchvision data set object."""
-        raise NotImplementedError
-
     def load(self) -> tuple[Tensor, Tensor | None]:
+        import torchvision.datasets
+
         root = str(Path(self.config.root).expanduser())
         try:
-            ds = self.open(root)
+            ds = getattr(torchvision.datasets, self.torchvision_class)(root, train=self.config.train,
+                                                                       download=self.config.download)
         except RuntimeError as exc:  # torchvision: "Dataset not found ..." / "... corrupted"
             raise DataError(
                 f"{self.dataset_name}: no data under '{self.config.root}' (expected {self.layout}); put the files "
@@ -79,42 +79,24 @@ class MNIST(TorchvisionImages):
     """MNIST handwritten digits, (1, 28, 28), 10 classes."""
 
     Config = _torchvision_config("data/mnist", False)
-    dataset_name = "mnist"
-    native = (1, 28)
+    dataset_name, torchvision_class, native = "mnist", "MNIST", (1, 28)
     layout = "ROOT/MNIST/raw/train-images-idx3-ubyte"
-
-    def open(self, root: str) -> Any:
-        from torchvision.datasets import MNIST as TV
-
-        return TV(root, train=self.config.train, download=self.config.download)
 
 
 class FashionMNIST(TorchvisionImages):
     """Fashion-MNIST clothing images, (1, 28, 28), 10 classes."""
 
     Config = _torchvision_config("data/fashion_mnist", False)
-    dataset_name = "fashion_mnist"
-    native = (1, 28)
+    dataset_name, torchvision_class, native = "fashion_mnist", "FashionMNIST", (1, 28)
     layout = "ROOT/FashionMNIST/raw/train-images-idx3-ubyte"
-
-    def open(self, root: str) -> Any:
-        from torchvision.datasets import FashionMNIST as TV
-
-        return TV(root, train=self.config.train, download=self.config.download)
 
 
 class CIFAR10(TorchvisionImages):
     """CIFAR-10, (3, 32, 32), 10 classes; random flips on by default."""
 
     Config = _torchvision_config("data/cifar10", True)
-    dataset_name = "cifar10"
-    native = (3, 32)
+    dataset_name, torchvision_class, native = "cifar10", "CIFAR10", (3, 32)
     layout = "ROOT/cifar-10-batches-py/data_batch_1 ... data_batch_5"
-
-    def open(self, root: str) -> Any:
-        from torchvision.datasets import CIFAR10 as TV
-
-        return TV(root, train=self.config.train, download=self.config.download)
 
 
 @attrs.define(frozen=True)

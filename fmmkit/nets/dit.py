@@ -25,7 +25,7 @@ from fmmkit.core import BuildContext
 from fmmkit.core.validators import SpecValueError, non_negative, one_of, positive, unit_interval
 from fmmkit.hookspecs import hookimpl
 from fmmkit.nets._conditioning import BackboneConfigError, ConditionEmbedding, image_shape, zero_
-from fmmkit.nets.attention import AttentionBackbone, SelfAttention, resolve_backend
+from fmmkit.nets.attention import AttentionBackbone, SelfAttention, resolve_backends
 from fmmkit.nets.embeddings import TIME_EMBEDDINGS, TIME_PAIRS
 
 #: size -> (depth, hidden size, heads)
@@ -130,8 +130,7 @@ class DiT(AttentionBackbone):
             )
         self.patch = p
         self.grid = (height // p, width // p)
-        backends = (resolve_backend(config.attention, "attention", ctx),
-                    resolve_backend(config.forward_ad_attention, "forward_ad_attention", ctx))
+        backends = resolve_backends(config, ctx)
         self.embed = nn.Conv2d(cin, hidden, p, stride=p)
         self.register_buffer("positions", sincos_positions(hidden, *self.grid)[None], persistent=False)
         self.cond = ConditionEmbedding(hidden, config.time_dim, config.time_embedding, config.time_pair,
@@ -152,10 +151,6 @@ class DiT(AttentionBackbone):
                 nn.init.zeros_(module.bias)
         nn.init.xavier_uniform_(self.embed.weight.view(self.embed.weight.shape[0], -1))
         nn.init.zeros_(self.embed.bias)
-
-    @classmethod
-    def build(cls, config: DiTConfig, ctx: BuildContext) -> DiT:
-        return cls(config, ctx.data_shape, ctx.num_classes, ctx)
 
     def unpatchify(self, tokens: Tensor) -> Tensor:
         """(B, N, p p C) -> (B, C, H, W)."""

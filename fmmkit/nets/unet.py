@@ -25,7 +25,7 @@ from fmmkit.core import BuildContext
 from fmmkit.core.validators import SpecValueError, each, non_negative, one_of, positive, unit_interval
 from fmmkit.hookspecs import hookimpl
 from fmmkit.nets._conditioning import BackboneConfigError, ConditionEmbedding, image_shape, zero_
-from fmmkit.nets.attention import AttentionBackbone, SelfAttention, resolve_backend
+from fmmkit.nets.attention import AttentionBackbone, SelfAttention, resolve_backends
 from fmmkit.nets.embeddings import TIME_EMBEDDINGS, TIME_PAIRS
 
 
@@ -146,8 +146,7 @@ class UNet(AttentionBackbone):
                 f"model.channel_mult: {levels} levels halve the image {levels - 1} times, which needs H and W "
                 f"divisible by {2 ** (levels - 1)}; the data is {height}x{width}: use fewer levels or resize the data"
             )
-        backends = (resolve_backend(config.attention, "attention", ctx),
-                    resolve_backend(config.forward_ad_attention, "forward_ad_attention", ctx))
+        backends = resolve_backends(config, ctx)
         ch, groups, heads = config.channels, config.groups, config.num_heads
         cond_dim = 4 * ch
         self.cond = ConditionEmbedding(cond_dim, config.time_dim, config.time_embedding, config.time_pair,
@@ -190,10 +189,6 @@ class UNet(AttentionBackbone):
                 self.up.append(stage)
         assert not skips, f"unet skip bookkeeping left {skips}"
         self.out = nn.Sequential(nn.GroupNorm(groups, width_now), nn.SiLU(), zero_(nn.Conv2d(width_now, cin, 3, padding=1)))
-
-    @classmethod
-    def build(cls, config: UNetConfig, ctx: BuildContext) -> UNet:
-        return cls(config, ctx.data_shape, ctx.num_classes, ctx)
 
     def forward(self, x: Tensor, s: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         assert x.shape[1:] == self.shape, f"unet expects images of shape {self.shape}, got {tuple(x.shape[1:])}"

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from fmmkit.hookspecs import hookimpl
 from fmmkit.nets.attention.backends import ForwardADAttentionBackend, MathAttention, SDPAAttention
-from fmmkit.nets.attention.layer import AttentionBackbone, SelfAttention, resolve_backend
+from fmmkit.nets.attention.layer import AttentionBackbone, SelfAttention, resolve_backend, resolve_backends
 
 __all__ = ["AttentionBackbone", "ForwardADAttentionBackend", "MathAttention", "SDPAAttention", "SelfAttention",
-           "resolve_backend"]
+           "resolve_backend", "resolve_backends"]
 
 
 @hookimpl

@@ -42,6 +42,12 @@ def resolve_backend(name: str, key: str, ctx: BuildContext | None = None) -> Att
     return entry.build(entry.config(), ctx or BuildContext())
 
 
+def resolve_backends(config: Any, ctx: BuildContext | None = None) -> tuple[AttentionBackend, AttentionBackend]:
+    """(ordinary, derivative-pass) backends named by ``config.attention`` and ``config.forward_ad_attention``."""
+    return (resolve_backend(config.attention, "attention", ctx),
+            resolve_backend(config.forward_ad_attention, "forward_ad_attention", ctx))
+
+
 class SelfAttention(nn.Module):
     """x (B, N, dim) -> out(attention(q, k, v)) with q, k, v = split(qkv(x)) into ``num_heads`` heads."""
 
@@ -95,6 +101,11 @@ class SelfAttention(nn.Module):
 class AttentionBackbone(Backbone):
     """A backbone with :class:`SelfAttention` layers: forward-mode AD is available exactly when the
     layers' ``forward_ad_backend`` supports it, and ``forward_ad_mode()`` switches them to it."""
+
+    @classmethod
+    def build(cls, config: Any, ctx: BuildContext) -> AttentionBackbone:
+        """``cls(config, data shape, number of classes, ctx)`` (the constructor of every subclass)."""
+        return cls(config, ctx.data_shape, ctx.num_classes, ctx)  # type: ignore[call-arg]
 
     def attention_layers(self) -> list[SelfAttention]:
         """Every SelfAttention layer of the network."""
