@@ -78,56 +78,24 @@ class StepTimer:
         return time.perf_counter() - start
 
 
-WORKAROUND = [False]  # whether cache_loss_defaults has patched FlowMapLoss in this process
-
-
-def cache_loss_defaults() -> None:
-    """Work around FlowMapLoss building attrs defaults (TimeSampling(), GuidanceConfig()) on every
-    call, which torch.compile (dynamo, torch 2.14) fails to trace: compute the two properties once
-    per loss (StepTimer reads them eagerly before the first compiled call)."""
-    from fmmkit.losses import _common
-
-    for name in ("times", "guidance"):
-        getter = getattr(_common.FlowMapLoss, name).fget
-
-        def cached(self: Any, _name: str = name, _getter: Any = getter) -> Any:
-            key = f"_cached_{_name}"
-            if key not in self.__dict__:
-                self.__dict__[key] = _getter(self)
-            return self.__dict__[key]
-
-        setattr(_common.FlowMapLoss, name, property(cached))
-    WORKAROUND[0] = True
-
-
-def paired_times(loss: str, steps: int, warmup: int = 3) -> tuple[float, float, float, bool]:
-    """(eager s/step, compiled s/step, first compiled step s, workaround used): medians of
-    alternating eager and compiled steps, so both see the same machine load."""
-    from fmmkit.training.trainer import TrainingError
-
+def paired_times(loss: str, steps: int, warmup: int = 3) -> tuple[float, float, float]:
+    """(eager s/step, compiled s/step, first compiled step s): medians of alternating eager and
+    compiled steps, so both see the same machine load."""
     torch._dynamo.reset()
     eager, compiled = StepTimer(loss, False), StepTimer(loss, True)
-    try:
-        first = compiled()
-    except TrainingError as exc:
-        print(f"{loss}: {exc}; retrying with the loss-default workaround", flush=True)
-        cache_loss_defaults()
-        torch._dynamo.reset()
-        eager, compiled = StepTimer(loss, False), StepTimer(loss, True)
-        first = compiled()
+    first = compiled()
     for _ in range(warmup):
         eager(), compiled()
     pairs = [(eager(), compiled()) for _ in range(steps)]
-    return (statistics.median(e for e, _ in pairs), statistics.median(c for _, c in pairs), first, WORKAROUND[0])
+    return statistics.median(e for e, _ in pairs), statistics.median(c for _, c in pairs), first
 
 
 def compile_rows(steps: int, threads: int) -> list[str]:
     torch.set_num_threads(threads)
     rows = []
     for loss in LOSSES:
-        eager, compiled, first, patched = paired_times(loss, steps)
-        note = " (with workaround)" if patched else ""
-        rows.append(f"| {loss}{note} | {eager * 1e3:.1f} | {compiled * 1e3:.1f} | **{eager / compiled:.2f}x** | {first:.0f} |")
+        eager, compiled, first = paired_times(loss, steps)
+        rows.append(f"| {loss} | {eager * 1e3:.1f} | {compiled * 1e3:.1f} | **{eager / compiled:.2f}x** | {first:.0f} |")
         print(rows[-1], flush=True)
     return rows
 
@@ -186,9 +154,6 @@ Reproduce: `nice -n 10 .venv/bin/python benchmarks/engine.py --compile-steps {ar
 torch.compile (inductor) of the training step (loss with its JVPs, backward; Adam step eager), MLP 256 x 4,
 batch 1024, {args.compile_threads} thread(s); medians over {args.compile_steps} alternating eager / compiled steps after warm-up.
 The first compiled step includes compiling (inductor's on-disk cache shortens it when the graphs were seen before).
-"with workaround": compiling the loss as it stands failed (dynamo cannot trace the attrs defaults that
-FlowMapLoss builds on every call in `times` / `guidance`), so the benchmark cached those two properties;
-the loss's semantics are unchanged.
 
 | loss | eager ms/step | compiled ms/step | speed-up | first compiled step (s, compile time) |
 |---|---|---|---|---|

@@ -88,7 +88,7 @@ def test_adaptive_weight_value_and_gradient() -> None:
     values = torch.tensor([0.5, 2.0, 0.0], requires_grad=True)
     times = torch.zeros(3)
     loss, _ = Weighting(WeightingConfig(kind="adaptive", power=1.0, eps=0.1))(values, times, times)
-    assert float(loss) == pytest.approx((0.5 / 0.6 + 2.0 / 2.1 + 0.0) / 3)
+    assert loss.item() == pytest.approx((0.5 / 0.6 + 2.0 / 2.1 + 0.0) / 3)
     loss.backward()
     torch.testing.assert_close(values.grad, torch.tensor([1 / 0.6, 1 / 2.1, 1 / 0.1]) / 3)
 

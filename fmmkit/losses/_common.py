@@ -21,11 +21,30 @@ from torch import Tensor, nn
 from fmmkit.core import Batch, BuildContext, FlowMap, Interpolant, InterpolantSample, Loss, LossOutput, VelocityField
 from fmmkit.core.flow_map import time_dtype
 from fmmkit.core.shapes import broadcast_time, mean_squares
-from fmmkit.core.validators import one_of, unit_interval
+from fmmkit.core.validators import non_negative, one_of, unit_interval
 from fmmkit.derivatives import DERIVATIVE_METHODS, eulerian_velocity_derivative
 from fmmkit.guidance import GuidanceConfig, drop_labels, guided_regression_target, guided_velocity
 from fmmkit.timesampling import TimeSampling, diagonal_count, stochastic_time_bounds
 from fmmkit.weighting import Weighting, WeightingConfig
+
+
+@attrs.define(frozen=True)
+class LossTables:
+    """The nested tables every loss config has: ``[loss.times]``, ``[loss.weighting]``, ``[loss.guidance]``."""
+
+    times: TimeSampling = attrs.field(factory=TimeSampling)
+    weighting: WeightingConfig = attrs.field(factory=WeightingConfig)
+    guidance: GuidanceConfig = attrs.field(factory=GuidanceConfig)
+
+
+@attrs.define(frozen=True)
+class TangentConfig(LossTables):
+    """A normalised, warmed-up tangent (AYF, sCM): tangent_norm c of g / (|g| + c) (0: off); warmup_steps
+    of the ramp r; derivative: jvp or finite_difference."""
+
+    tangent_norm: float = attrs.field(default=0.1, validator=non_negative)
+    warmup_steps: int = attrs.field(default=1000, validator=non_negative)
+    derivative: str = attrs.field(default="jvp", validator=one_of(DERIVATIVE_METHODS))
 
 
 @dataclass
@@ -95,18 +114,16 @@ class FlowMapLoss(Loss):
         self.num_classes = num_classes
         self.weighting = Weighting(getattr(config, "weighting", WeightingConfig()))
         self.needs_forward_ad = getattr(config, "derivative", None) == "jvp"
+        # resolved once: a compiled step must not build config objects on every call
+        self.times = stochastic_time_bounds(getattr(config, "times", TimeSampling()), interpolant.stochastic)
+        self.guidance: GuidanceConfig = getattr(config, "guidance", GuidanceConfig())
 
     @classmethod
     def build(cls, config: Any, ctx: BuildContext) -> FlowMapLoss:
         assert ctx.interpolant is not None, "losses are built after the interpolant"
         return cls(config, ctx.interpolant, ctx.num_classes)
 
-    # ---- times and paths
-    @property
-    def times(self) -> TimeSampling:
-        """The configured time sampling, kept off {0, 1} for a stochastic interpolant."""
-        return stochastic_time_bounds(getattr(self.config, "times", TimeSampling()), self.interpolant.stochastic)
-
+    # ---- times and paths (``self.times``: the configured sampling, kept off {0, 1} when gamma' is singular)
     def sample_times(self, n: int, like: Tensor) -> Tensor:
         """n times (n,) on ``like``'s device, float64 for float64 data."""
         return self.times.sample(n, like.device, time_dtype(like))
@@ -119,11 +136,7 @@ class FlowMapLoss(Loss):
         """I_t and dI_t/dt for the data batch at per-sample times t."""
         return self.interpolant.draw(batch.x1, t)
 
-    # ---- guidance
-    @property
-    def guidance(self) -> GuidanceConfig:
-        return getattr(self.config, "guidance", GuidanceConfig())
-
+    # ---- guidance (``self.guidance``)
     def teacher_velocity(self, teacher: VelocityField | None, x: Tensor, t: Tensor, y: Tensor | None) -> Tensor:
         """The (guided) teacher velocity b^w_t(x | y)."""
         assert teacher is not None, f"loss {type(self).__name__} needs a teacher velocity"
@@ -132,6 +145,13 @@ class FlowMapLoss(Loss):
     def velocity_target(self, model: FlowMap, path: InterpolantSample, y: Tensor | None) -> Tensor:
         """The regression target for v_{t,t}(I_t): dI_t/dt, guided when labels and a scale are given."""
         return guided_regression_target(model, path.x_t, path.t, path.dx_t, y, self.guidance.scale, self.num_classes)
+
+    def teacher_start(self, batch: Batch, teacher: VelocityField | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(s, t, I_s, b^_s(I_s)) for a batch: pairs s <= t, start points, the (guided) teacher there (no grad)."""
+        s, t = self.sample_pairs(len(batch), batch.x1)
+        x_s = self.draw(batch, s).x_t
+        with torch.no_grad():
+            return s, t, x_s, self.teacher_velocity(teacher, x_s, s, batch.y)
 
     def eulerian_parts(
         self, model: FlowMap, x: Tensor, s: Tensor, t: Tensor, b: Tensor, y: Tensor | None
@@ -183,14 +203,11 @@ class FlowMapLoss(Loss):
 
 
 @attrs.define(frozen=True)
-class SelfDistillationConfig:
+class SelfDistillationConfig(LossTables):
     """diagonal_fraction: eta, the share of the batch on s = t; derivative: jvp or finite_difference."""
 
     diagonal_fraction: float = attrs.field(default=0.75, validator=unit_interval)
     derivative: str = attrs.field(default="jvp", validator=one_of(DERIVATIVE_METHODS))
-    times: TimeSampling = attrs.field(factory=TimeSampling)
-    weighting: WeightingConfig = attrs.field(factory=WeightingConfig)
-    guidance: GuidanceConfig = attrs.field(factory=GuidanceConfig)
 
 
 class SelfDistillationLoss(FlowMapLoss):

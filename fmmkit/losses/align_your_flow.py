@@ -20,43 +20,23 @@ the residual, and the loss, vanish at the exact flow map of b^.
 
 from __future__ import annotations
 
-import attrs
 import torch
 
 from fmmkit.core import Batch, FlowMap, VelocityField
 from fmmkit.core.shapes import broadcast_time
-from fmmkit.core.validators import non_negative, one_of
-from fmmkit.derivatives import DERIVATIVE_METHODS, lagrangian_velocity_derivative
-from fmmkit.guidance import GuidanceConfig
+from fmmkit.derivatives import lagrangian_velocity_derivative
 from fmmkit.hookspecs import hookimpl
-from fmmkit.losses._common import FlowMapLoss, Term, normalized, ramp, semigradient_squares
-from fmmkit.timesampling import TimeSampling
-from fmmkit.weighting import WeightingConfig
-
-
-@attrs.define(frozen=True)
-class AlignYourFlowConfig:
-    """tangent_norm: c of g / (|g| + c) (0: off); warmup_steps: of the ramp r; derivative: jvp or finite_difference."""
-
-    tangent_norm: float = attrs.field(default=0.1, validator=non_negative)
-    warmup_steps: int = attrs.field(default=1000, validator=non_negative)
-    derivative: str = attrs.field(default="jvp", validator=one_of(DERIVATIVE_METHODS))
-    times: TimeSampling = attrs.field(factory=TimeSampling)
-    weighting: WeightingConfig = attrs.field(factory=WeightingConfig)
-    guidance: GuidanceConfig = attrs.field(factory=GuidanceConfig)
+from fmmkit.losses._common import FlowMapLoss, TangentConfig, Term, normalized, ramp, semigradient_squares
 
 
 class AlignYourFlowEulerian(FlowMapLoss):
     """AYF-EMD: normalised, warmed-up Eulerian tangent as a stop-gradient target for v_{s,t}."""
 
-    Config = AlignYourFlowConfig
+    Config = TangentConfig
     requires_teacher = True
 
     def terms(self, model: FlowMap, batch: Batch, teacher: VelocityField | None, step: int) -> list[Term]:
-        s, t = self.sample_pairs(len(batch), batch.x1)
-        x_s = self.draw(batch, s).x_t
-        with torch.no_grad():
-            b = self.teacher_velocity(teacher, x_s, s, batch.y)
+        s, t, x_s, b = self.teacher_start(batch, teacher)
         v, transport = self.eulerian_parts(model, x_s, s, t, b, batch.y)
         g = (b - v + ramp(step, self.config.warmup_steps) * transport).detach()
         return [Term("eulerian", semigradient_squares(v, normalized(g, self.config.tangent_norm)), s, t)]
@@ -65,7 +45,7 @@ class AlignYourFlowEulerian(FlowMapLoss):
 class AlignYourFlowLagrangian(FlowMapLoss):
     """AYF-LMD: normalised, warmed-up Lagrangian tangent as a stop-gradient target for v_{s,t}."""
 
-    Config = AlignYourFlowConfig
+    Config = TangentConfig
     requires_teacher = True
 
     def terms(self, model: FlowMap, batch: Batch, teacher: VelocityField | None, step: int) -> list[Term]:

@@ -20,36 +20,18 @@ vanishes; the CT residual is -grad_x X_{s,1} (dI_s/ds - b_s), zero in conditiona
 
 from __future__ import annotations
 
-import attrs
 import torch
 from torch import Tensor
 
 from fmmkit.core import Batch, FlowMap, VelocityField
-from fmmkit.core.validators import non_negative, one_of
-from fmmkit.derivatives import DERIVATIVE_METHODS
-from fmmkit.guidance import GuidanceConfig
 from fmmkit.hookspecs import hookimpl
-from fmmkit.losses._common import FlowMapLoss, Term, normalized, ramp, semigradient_squares
-from fmmkit.timesampling import TimeSampling
-from fmmkit.weighting import WeightingConfig
-
-
-@attrs.define(frozen=True)
-class ConsistencyConfig:
-    """tangent_norm: c of g / (|g| + c) (0: off); warmup_steps: of the ramp r; derivative; times of s."""
-
-    tangent_norm: float = attrs.field(default=0.1, validator=non_negative)
-    warmup_steps: int = attrs.field(default=1000, validator=non_negative)
-    derivative: str = attrs.field(default="jvp", validator=one_of(DERIVATIVE_METHODS))
-    times: TimeSampling = attrs.field(factory=TimeSampling)
-    weighting: WeightingConfig = attrs.field(factory=WeightingConfig)
-    guidance: GuidanceConfig = attrs.field(factory=GuidanceConfig)
+from fmmkit.losses._common import FlowMapLoss, TangentConfig, Term, normalized, ramp, semigradient_squares
 
 
 class ConsistencyTraining(FlowMapLoss):
     """Continuous-time consistency training of X_{s,1}: the tangent is dI_s/ds (no teacher)."""
 
-    Config = ConsistencyConfig
+    Config = TangentConfig
 
     def tangent(self, model: FlowMap, batch: Batch, s: Tensor, teacher: VelocityField | None) -> tuple[Tensor, Tensor]:
         """(I_s, b): the start points and the velocity along which X_{s,1} must stay constant."""

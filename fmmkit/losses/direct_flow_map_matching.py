@@ -19,11 +19,9 @@ from fmmkit.core import Batch, FlowMap, VelocityField
 from fmmkit.core.shapes import mean_squares
 from fmmkit.core.validators import non_negative, one_of
 from fmmkit.derivatives import DERIVATIVE_METHODS, time_derivative
-from fmmkit.guidance import GuidanceConfig
 from fmmkit.hookspecs import hookimpl
-from fmmkit.losses._common import FlowMapLoss, Term
+from fmmkit.losses._common import FlowMapLoss, LossTables, Term
 from fmmkit.timesampling import PAIR_ORDERS, TimeSampling
-from fmmkit.weighting import WeightingConfig
 
 
 @attrs.define(frozen=True)
@@ -34,14 +32,12 @@ class BothOrders(TimeSampling):
 
 
 @attrs.define(frozen=True)
-class DirectFlowMapMatchingConfig:
+class DirectFlowMapMatchingConfig(LossTables):
     """invertibility_weight: lambda; derivative: jvp or finite_difference; times (both orders by default)."""
 
+    times: BothOrders = attrs.field(factory=BothOrders)
     invertibility_weight: float = attrs.field(default=1.0, validator=non_negative)
     derivative: str = attrs.field(default="jvp", validator=one_of(DERIVATIVE_METHODS))
-    times: BothOrders = attrs.field(factory=BothOrders)
-    weighting: WeightingConfig = attrs.field(factory=WeightingConfig)
-    guidance: GuidanceConfig = attrs.field(factory=GuidanceConfig)
 
 
 class DirectFlowMapMatching(FlowMapLoss):

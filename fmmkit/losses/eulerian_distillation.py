@@ -17,28 +17,21 @@ map of b^ the residual vanishes.
 from __future__ import annotations
 
 import attrs
-import torch
 
 from fmmkit.core import Batch, FlowMap, VelocityField
 from fmmkit.core.shapes import mean_squares
 from fmmkit.core.validators import one_of
 from fmmkit.derivatives import DERIVATIVE_METHODS
-from fmmkit.guidance import GuidanceConfig
 from fmmkit.hookspecs import hookimpl
-from fmmkit.losses._common import FlowMapLoss, Term, semigradient_squares
-from fmmkit.timesampling import TimeSampling
-from fmmkit.weighting import WeightingConfig
+from fmmkit.losses._common import FlowMapLoss, LossTables, Term, semigradient_squares
 
 
 @attrs.define(frozen=True)
-class EulerianDistillationConfig:
+class EulerianDistillationConfig(LossTables):
     """semigradient: stop-gradient on the JVP term; derivative: jvp or finite_difference."""
 
     semigradient: bool = False
     derivative: str = attrs.field(default="jvp", validator=one_of(DERIVATIVE_METHODS))
-    times: TimeSampling = attrs.field(factory=TimeSampling)
-    weighting: WeightingConfig = attrs.field(factory=WeightingConfig)
-    guidance: GuidanceConfig = attrs.field(factory=GuidanceConfig)
 
 
 class EulerianDistillation(FlowMapLoss):
@@ -48,10 +41,7 @@ class EulerianDistillation(FlowMapLoss):
     requires_teacher = True
 
     def terms(self, model: FlowMap, batch: Batch, teacher: VelocityField | None, step: int) -> list[Term]:
-        s, t = self.sample_pairs(len(batch), batch.x1)
-        x_s = self.draw(batch, s).x_t
-        with torch.no_grad():
-            b = self.teacher_velocity(teacher, x_s, s, batch.y)
+        s, t, x_s, b = self.teacher_start(batch, teacher)
         v, transport = self.eulerian_parts(model, x_s, s, t, b, batch.y)
         if self.config.semigradient:
             values = semigradient_squares(v, b - v + transport.detach())

@@ -13,20 +13,14 @@ from __future__ import annotations
 import attrs
 
 from fmmkit.core import Batch, FlowMap, VelocityField
-from fmmkit.guidance import GuidanceConfig
 from fmmkit.hookspecs import hookimpl
-from fmmkit.losses._common import FlowMapLoss, Term
-from fmmkit.timesampling import TimeSampling
-from fmmkit.weighting import WeightingConfig
+from fmmkit.losses._common import FlowMapLoss, LossTables, Term
 
 
 @attrs.define(frozen=True)
-class FlowMatchingConfig:
+class FlowMatchingConfig(LossTables):
     """times: where t is drawn; weighting; guidance (label dropout, guided target)."""
 
-    times: TimeSampling = attrs.field(factory=TimeSampling)
-    weighting: WeightingConfig = attrs.field(factory=WeightingConfig)
-    guidance: GuidanceConfig = attrs.field(factory=GuidanceConfig)
 
 
 class FlowMatching(FlowMapLoss):

@@ -16,22 +16,16 @@ from fmmkit.core import Batch, FlowMap, VelocityField
 from fmmkit.core.shapes import mean_squares
 from fmmkit.core.validators import one_of
 from fmmkit.derivatives import DERIVATIVE_METHODS, time_derivative
-from fmmkit.guidance import GuidanceConfig
 from fmmkit.hookspecs import hookimpl
-from fmmkit.losses._common import FlowMapLoss, Term
-from fmmkit.timesampling import TimeSampling
-from fmmkit.weighting import WeightingConfig
+from fmmkit.losses._common import FlowMapLoss, LossTables, Term
 
 
 @attrs.define(frozen=True)
-class LagrangianDistillationConfig:
+class LagrangianDistillationConfig(LossTables):
     """semigradient: stop-gradient on X inside the teacher; derivative: jvp or finite_difference."""
 
     semigradient: bool = False
     derivative: str = attrs.field(default="jvp", validator=one_of(DERIVATIVE_METHODS))
-    times: TimeSampling = attrs.field(factory=TimeSampling)
-    weighting: WeightingConfig = attrs.field(factory=WeightingConfig)
-    guidance: GuidanceConfig = attrs.field(factory=GuidanceConfig)
 
 
 class LagrangianDistillation(FlowMapLoss):

@@ -31,9 +31,8 @@ from fmmkit.core import Batch, FlowMap, VelocityField
 from fmmkit.core.shapes import mean_squares
 from fmmkit.core.validators import one_of, unit_interval
 from fmmkit.derivatives import DERIVATIVE_METHODS
-from fmmkit.guidance import GuidanceConfig
 from fmmkit.hookspecs import hookimpl
-from fmmkit.losses._common import FlowMapLoss, Term
+from fmmkit.losses._common import FlowMapLoss, LossTables, Term
 from fmmkit.timesampling import TimeSampling
 from fmmkit.weighting import WeightingConfig
 
@@ -50,13 +49,12 @@ def _adaptive() -> WeightingConfig:
 
 
 @attrs.define(frozen=True)
-class MeanFlowConfig:
+class MeanFlowConfig(LossTables):
     """derivative: jvp or finite_difference; times (diagonal_fraction 0.75); weighting (adaptive, p = 1)."""
 
-    derivative: str = attrs.field(default="jvp", validator=one_of(DERIVATIVE_METHODS))
     times: MeanFlowTimes = attrs.field(factory=MeanFlowTimes)
     weighting: WeightingConfig = attrs.field(factory=_adaptive)
-    guidance: GuidanceConfig = attrs.field(factory=GuidanceConfig)
+    derivative: str = attrs.field(default="jvp", validator=one_of(DERIVATIVE_METHODS))
 
 
 class MeanFlow(FlowMapLoss):

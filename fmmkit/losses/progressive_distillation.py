@@ -26,22 +26,16 @@ from torch import Tensor
 from fmmkit.core import Batch, FlowMap, VelocityField
 from fmmkit.core.shapes import broadcast_time, mean_squares
 from fmmkit.core.validators import positive
-from fmmkit.guidance import GuidanceConfig
 from fmmkit.hookspecs import hookimpl
-from fmmkit.losses._common import FlowMapLoss, Term, frozen_copy, prefixed, unprefixed
-from fmmkit.timesampling import TimeSampling
-from fmmkit.weighting import WeightingConfig
+from fmmkit.losses._common import FlowMapLoss, LossTables, Term, frozen_copy, prefixed, unprefixed
 
 
 @attrs.define(frozen=True)
-class ProgressiveDistillationConfig:
+class ProgressiveDistillationConfig(LossTables):
     """rounds: gap doublings until h = 1; steps_per_round: optimiser steps per round."""
 
     rounds: int = attrs.field(default=4, validator=positive)
     steps_per_round: int = attrs.field(default=500, validator=positive)
-    times: TimeSampling = attrs.field(factory=TimeSampling)
-    weighting: WeightingConfig = attrs.field(factory=WeightingConfig)
-    guidance: GuidanceConfig = attrs.field(factory=GuidanceConfig)
 
 
 class ProgressiveDistillation(FlowMapLoss):

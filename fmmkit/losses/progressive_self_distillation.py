@@ -18,24 +18,18 @@ import torch
 from fmmkit.core import Batch, FlowMap
 from fmmkit.core.shapes import broadcast_time, mean_squares
 from fmmkit.core.validators import one_of, unit_interval
-from fmmkit.guidance import GuidanceConfig
 from fmmkit.hookspecs import hookimpl
-from fmmkit.losses._common import SelfDistillationLoss, Term
-from fmmkit.timesampling import TimeSampling
-from fmmkit.weighting import WeightingConfig
+from fmmkit.losses._common import LossTables, SelfDistillationLoss, Term
 
 SPLITS = ("uniform", "midpoint")
 
 
 @attrs.define(frozen=True)
-class ProgressiveSelfDistillationConfig:
+class ProgressiveSelfDistillationConfig(LossTables):
     """diagonal_fraction: eta; split: "uniform" (PSD-U, g ~ U[0, 1]) or "midpoint" (PSD-M, g = 1/2)."""
 
     diagonal_fraction: float = attrs.field(default=0.75, validator=unit_interval)
     split: str = attrs.field(default="uniform", validator=one_of(SPLITS))
-    times: TimeSampling = attrs.field(factory=TimeSampling)
-    weighting: WeightingConfig = attrs.field(factory=WeightingConfig)
-    guidance: GuidanceConfig = attrs.field(factory=GuidanceConfig)
 
 
 class ProgressiveSelfDistillation(SelfDistillationLoss):

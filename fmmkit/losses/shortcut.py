@@ -29,15 +29,12 @@ from fmmkit.core import Batch, FlowMap, VelocityField
 from fmmkit.core.flow_map import time_dtype
 from fmmkit.core.shapes import broadcast_time, mean_squares
 from fmmkit.core.validators import in_range, non_negative, positive, unit_interval
-from fmmkit.guidance import GuidanceConfig
 from fmmkit.hookspecs import hookimpl
-from fmmkit.losses._common import FlowMapLoss, Term, frozen_copy, prefixed, split_batch, unprefixed
-from fmmkit.timesampling import TimeSampling
-from fmmkit.weighting import WeightingConfig
+from fmmkit.losses._common import FlowMapLoss, LossTables, Term, frozen_copy, prefixed, split_batch, unprefixed
 
 
 @attrs.define(frozen=True)
-class ShortcutConfig:
+class ShortcutConfig(LossTables):
     """levels: dyadic levels (finest full step 2^-(levels-1)); bootstrap_fraction; ema_decay (0: no EMA);
     finest_uses_velocity; intermediate_clip (0: off); times: of the flow-matching part."""
 
@@ -46,9 +43,6 @@ class ShortcutConfig:
     ema_decay: float = attrs.field(default=0.0, validator=in_range(0.0, 0.99999))
     finest_uses_velocity: bool = True
     intermediate_clip: float = attrs.field(default=0.0, validator=non_negative)
-    times: TimeSampling = attrs.field(factory=TimeSampling)
-    weighting: WeightingConfig = attrs.field(factory=WeightingConfig)
-    guidance: GuidanceConfig = attrs.field(factory=GuidanceConfig)
 
 
 class Shortcut(FlowMapLoss):
