@@ -70,11 +70,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if out.suffix == ".npy":
         np.save(out, samples)
     else:
-        from fmmkit.plots import save_sample_grid
+        from fmmkit.evaluation import save_panels
 
         label = f"{args.solver}({args.steps})" if args.solver else f"flow map, {args.steps} steps"
-        reference = run.data.sample(args.num, __import__("torch").Generator().manual_seed(0)).x1.numpy()
-        save_sample_grid(out, [(label, samples)], reference, run.data.bounds())
+        save_panels(run, [(label, samples)], out)
     print(f"wrote {args.num} samples ({result.nfe} NFE each) to {out}")
     return 0
 

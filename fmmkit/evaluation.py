@@ -90,14 +90,31 @@ def format_table(rows: list[EvalRow]) -> str:
     return "\n".join([fmt(header), fmt(["-" * w for w in widths]), *map(fmt, body)])
 
 
+def is_image_data(run: Run) -> bool:
+    """Whether the run's data points are images (C, H, W)."""
+    return len(run.data.shape) == 3
+
+
+def save_panels(run: Run, panels: list[tuple[str, Any]], path: Path) -> Path:
+    """A PNG of titled panels beside the data: scatter plots for points, image grids for images."""
+    from fmmkit.plots import IMAGE_GRID_SIZE, save_image_grids, save_sample_grid
+
+    n = max(len(samples) for _, samples in panels)
+    n = min(n, IMAGE_GRID_SIZE) if is_image_data(run) else n
+    reference = run.data.sample(n, torch.Generator().manual_seed(run.spec.eval.seed)).x1.float().numpy()
+    if is_image_data(run):
+        return save_image_grids(path, panels, reference)
+    save_sample_grid(path, panels, reference, run.data.bounds())
+    return path
+
+
 def save_pictures(run: Run, path: Path | None = None) -> Path:
     """A PNG of scatter plots (image grids for image data): the data, then the flow map at each step
     count (or the ODE)."""
-    from fmmkit.plots import IMAGE_GRID_SIZE, save_image_grids, save_sample_grid
+    from fmmkit.plots import IMAGE_GRID_SIZE
 
-    image = len(run.data.shape) == 3  # (C, H, W)
-    n = min(run.spec.sample.num_pictures, IMAGE_GRID_SIZE) if image else run.spec.sample.num_pictures
-    reference = run.data.sample(n, torch.Generator().manual_seed(run.spec.eval.seed)).x1.float().numpy()
+    n = run.spec.sample.num_pictures
+    n = min(n, IMAGE_GRID_SIZE) if is_image_data(run) else n
     x0 = run.noise(n, seed=run.spec.eval.seed + 1)
     prefix, field_ = _teacher_field(run)
     ode = run.sampler(run.spec.sample.picture_solver, steps=run.spec.sample.picture_solver_steps)
@@ -105,9 +122,4 @@ def save_pictures(run: Run, path: Path | None = None) -> Path:
     for label, sampler, model in [*flow_map_rows(run), (f"{prefix} {ode.label}", ode, field_)]:
         with torch.no_grad():
             panels.append((label, sampler(model, x0).x.float().cpu().numpy()))
-    out = path or run.path / "samples.png"
-    if image:
-        save_image_grids(out, panels, reference)
-    else:
-        save_sample_grid(out, panels, reference, run.data.bounds())
-    return out
+    return save_panels(run, panels, path or run.path / "samples.png")
