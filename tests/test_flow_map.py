@@ -55,3 +55,14 @@ def test_class_conditioning_changes_the_output() -> None:
 def test_wrong_point_shape_names_the_shape() -> None:
     with pytest.raises(AssertionError, match=r"\(3,\), got \(4,\)"):
         make_map()(torch.randn(2, 4, dtype=torch.float64), 0.0, 1.0)
+
+
+def test_max_frequency_bounds_the_time_derivative_of_the_features() -> None:
+    from fmmkit.nets.embeddings import TwoTimeEmbedding
+
+    t = torch.rand(32, dtype=torch.float64)
+    for max_frequency in (10.0, 1000.0):
+        embed = TwoTimeEmbedding(8, max_frequency=max_frequency).double()
+        _, d_features = torch.func.jvp(lambda t_: embed(t_, t_), (t,), (torch.ones_like(t),))
+        assert d_features.abs().max() <= max_frequency + 1e-9
+        assert d_features.abs().max() > 0.5 * max_frequency

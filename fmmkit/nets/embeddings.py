@@ -48,13 +48,13 @@ class FourierEmbedding(nn.Module):
 class TwoTimeEmbedding(nn.Module):
     """Embeds the pair (s, t) as e(s) ++ e(t) (``s_t``) or e(t) ++ e(t - s) (``t_delta``)."""
 
-    def __init__(self, dim: int, kind: str = "sinusoidal", pair: str = "s_t") -> None:
+    def __init__(self, dim: int, kind: str = "sinusoidal", pair: str = "s_t", max_frequency: float = 1000.0) -> None:
         super().__init__()
         assert kind in TIME_EMBEDDINGS, f"time embedding must be one of {TIME_EMBEDDINGS}, got {kind!r}"
         assert pair in TIME_PAIRS, f"time pair must be one of {TIME_PAIRS}, got {pair!r}"
         self.pair = pair
         self.dim = 2 * dim
-        self.embed = SinusoidalEmbedding(dim) if kind == "sinusoidal" else FourierEmbedding(dim)
+        self.embed = SinusoidalEmbedding(dim, max_frequency) if kind == "sinusoidal" else FourierEmbedding(dim)
 
     def forward(self, s: Tensor, t: Tensor) -> Tensor:
         """(B,), (B,) -> (B, 2 dim) in float32 (float64 if the times are float64)."""

@@ -16,13 +16,16 @@ from fmmkit.nets.embeddings import TIME_EMBEDDINGS, TIME_PAIRS, TwoTimeEmbedding
 
 @attrs.define(frozen=True)
 class MLPConfig:
-    """width and depth of the hidden layers; time embedding kind and pair; time_dim per time."""
+    """width and depth of the hidden layers; time embedding kind and pair; time_dim features per time."""
 
     width: int = attrs.field(default=256, validator=positive)
     depth: int = attrs.field(default=4, validator=positive)
     time_embedding: str = attrs.field(default="sinusoidal", validator=one_of(TIME_EMBEDDINGS))
     time_pair: str = attrs.field(default="s_t", validator=one_of(TIME_PAIRS))
     time_dim: int = attrs.field(default=64, validator=positive)
+    #: highest sinusoid frequency of the time features; a derivative in s or t multiplies each feature by
+    #: its frequency, so semigradient Eulerian losses (EMD-sg, AYF, sCM) want a low one (e.g. 10)
+    max_frequency: float = attrs.field(default=1000.0, validator=positive)
     zero_init_output: bool = True
 
 
@@ -36,7 +39,7 @@ class MLP(Backbone):
         self.config = config
         self.shape = tuple(shape)
         dim = math.prod(self.shape)
-        self.time = TwoTimeEmbedding(config.time_dim, config.time_embedding, config.time_pair)
+        self.time = TwoTimeEmbedding(config.time_dim, config.time_embedding, config.time_pair, config.max_frequency)
         self.label = nn.Embedding(num_classes + 1, config.width) if num_classes else None  # last index: no label
         self.inp = nn.Linear(dim + self.time.dim, config.width)
         self.hidden = nn.ModuleList(nn.Linear(config.width, config.width) for _ in range(config.depth - 1))
