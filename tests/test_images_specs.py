@@ -58,6 +58,11 @@ def test_digits_teacher_then_flow_map_end_to_end(tmp_path: Path, digits_cache: P
     assert all(math.isfinite(r.metrics["digits_fd"]) and r.metrics["digits_fd"] >= 0 for r in rows)
     assert (student / "eval.json").is_file() and any(digits_cache.glob("digits_classifier_*.safetensors"))
 
+    from fmmkit.cli import main
+
+    assert main(["sample", str(student), "--steps", "2", "--num", "16", "--out", str(tmp_path / "s.png")]) == 0
+    assert (tmp_path / "s_flow_map_2_steps.png").is_file()  # an image grid per panel, not a scatter plot
+
 
 def test_digits_flow_map_spec_names_its_missing_teacher(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert main(["spec", "check", str(EXAMPLES / "digits_lmd.toml"),
