@@ -53,7 +53,7 @@ def grads(model: torch.nn.Module) -> torch.Tensor:
     return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in model.parameters()])
 
 
-def both_methods(fn: Any) -> None:
+def assert_methods_agree(fn: Any) -> None:
     """fn(model, method) -> (value, derivative): compare jvp and finite_difference, values and gradients."""
     out = {}
     for method in ("jvp", "finite_difference"):
@@ -81,7 +81,7 @@ HELPERS = {
 @pytest.mark.parametrize("name", sorted(HELPERS))
 def test_jvp_matches_finite_difference(name: str) -> None:
     x, s, t, dx = inputs()
-    both_methods(lambda model, method: HELPERS[name](model, x, s, t, dx, method))
+    assert_methods_agree(lambda model, method: HELPERS[name](model, x, s, t, dx, method))
 
 
 def test_eulerian_map_and_velocity_forms_agree() -> None:
