@@ -16,6 +16,7 @@ import torch
 
 from fmmkit.core import BuildContext, VelocityField
 from fmmkit.runs import Run, atomic_write_text, load_run
+from fmmkit.spec import SpecError
 
 
 @dataclass
@@ -60,6 +61,15 @@ def sampler_rows(run: Run) -> list[tuple[str, Any, Any]]:
     return flow_map_rows(run) + [(f"{prefix} {sampler.label}", sampler, field_) for sampler in ode]
 
 
+def _score(name: str, metric: Any, samples: torch.Tensor, reference: torch.Tensor, run: Run) -> float:
+    """One metric's value; a metric that cannot score this kind of data is a spec mistake, named as one."""
+    try:
+        return float(metric(samples, reference, run.data))
+    except ValueError as exc:
+        raise SpecError([f"{run.spec.source}: eval.metrics: metric '{name}' cannot score this run's data "
+                         f"({exc}); list metrics that fit it, e.g. --set 'eval.metrics=[\"energy_distance\"]'"]) from None
+
+
 def evaluate(run: Run | str | Path, num_samples: int | None = None, write: bool = True) -> list[EvalRow]:
     """Score every sampler row of the run; writes ``eval.json`` into the run directory."""
     run = run if isinstance(run, Run) else load_run(run)
@@ -73,7 +83,7 @@ def evaluate(run: Run | str | Path, num_samples: int | None = None, write: bool 
     for label, sampler, model in sampler_rows(run):
         result, seconds = _timed(lambda: sampler(model, x0))
         samples = result.x.float().cpu()
-        scores = {name: float(metric(samples, reference, run.data)) for name, metric in metrics.items()}
+        scores = {name: _score(name, metric, samples, reference, run) for name, metric in metrics.items()}
         rows.append(EvalRow(label, result.nfe, n / max(seconds, 1e-9), scores))
     if write:
         atomic_write_text(run.path / "eval.json", json.dumps({"num_samples": n, "rows": [asdict(r) for r in rows]}, indent=2))

@@ -116,3 +116,15 @@ def test_example_plugin_trains_end_to_end(tmp_path: Path) -> None:
     noise_radius = run.noise(2000, seed=0).norm(dim=1)
     assert abs(radius.median().item() - 1.5) < 0.15
     assert radius.std().item() < 0.5 * noise_radius.std().item()
+
+
+def test_a_metric_that_does_not_fit_the_data_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    gaussian3d = tmp_path / "g.npy"
+    np.save(gaussian3d, np.random.default_rng(0).normal(size=(200, 3)).astype(np.float32))
+    spec = {"data": {"kind": "npy", "path": str(gaussian3d)}, "loss": {"kind": "flow_matching"},
+            "model": {"kind": "mlp", "width": 16, "depth": 1}, "train": {"steps": 2, "batch_size": 16},
+            "eval": {"ode": [{"kind": "euler", "steps": 2}]}}
+    out = fmmkit.train(spec, out=tmp_path / "run", progress=False, pictures=False)
+    assert main(["eval", str(out), "--num", "50"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "eval.metrics: metric 'histogram_kl' cannot score this run's data" in err[0]
