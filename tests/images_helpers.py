@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -16,15 +15,6 @@ def digits_cache(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempP
     path = tmp_path_factory.getbasetemp() / "fmmkit_cache"
     monkeypatch.setenv("FMMKIT_CACHE_DIR", str(path))
     return path
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny image nets run fastest on one thread, and a second thread stalls badly on a busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 #: a UNet model table small enough for a few CPU steps on 8x8 images

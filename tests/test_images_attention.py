@@ -7,7 +7,6 @@ import warnings
 
 import pytest
 import torch
-from images_helpers import one_thread  # noqa: F401  (autouse)
 from torch.nn import functional as F
 
 from fmmkit.core import FlowMap
@@ -21,6 +20,8 @@ from fmmkit.spec import SpecError, load_spec
 from fmmkit.training.build import build_pipeline
 
 F64 = torch.float64
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def qkv(n: int = 5, m: int = 7, d: int = 4, seed: int = 0) -> tuple[torch.Tensor, ...]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from images_helpers import one_thread  # noqa: F401  (autouse)
 
 from fmmkit.core import FlowMap
 from fmmkit.core.errors import UserError
@@ -17,6 +16,8 @@ from fmmkit.nets.unet import UNet, UNetConfig
 TINY_UNET = dict(channels=8, channel_mult=[1, 2], num_res_blocks=1, attention_resolutions=[4], groups=4, num_heads=2,
                  time_dim=8, dropout=0.0)
 TINY_DIT = dict(depth=2, hidden_size=16, num_heads=2, patch_size=2, time_dim=8)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make(kind: str, shape: tuple[int, ...], num_classes: int | None = None, **overrides: object) -> torch.nn.Module:

@@ -8,12 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from images_helpers import make_image_folder, one_thread  # noqa: F401  (autouse)
+from images_helpers import make_image_folder
 
 from fmmkit.core.errors import UserError
 from fmmkit.data._errors import DataError
 from fmmkit.data.digits import Digits, DigitsConfig
 from fmmkit.data.vision import CIFAR10, MNIST, FashionMNIST, ImageFolder, ImageFolderConfig
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def gen(seed: int = 0) -> torch.Generator:

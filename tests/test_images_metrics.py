@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from images_helpers import digits_cache, one_thread  # noqa: F401
+from images_helpers import digits_cache  # noqa: F401
 
 from fmmkit.core.errors import UserError
 from fmmkit.data.digits import Digits, DigitsConfig
@@ -17,6 +17,8 @@ from fmmkit.metrics.digits_fd import DigitsFrechetDistance
 from fmmkit.metrics.fid import FID, FIDConfig, MetricUnavailableError, inception_unavailable
 
 F64 = torch.float64
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_frechet_distance_of_diagonal_gaussians_is_closed_form() -> None:

@@ -9,7 +9,7 @@ import math
 from pathlib import Path
 
 import pytest
-from images_helpers import TINY_UNET_TABLE, digits_cache, make_image_folder, one_thread  # noqa: F401
+from images_helpers import TINY_UNET_TABLE, digits_cache, make_image_folder  # noqa: F401
 
 from fmmkit.cli import main
 from fmmkit.evaluation import evaluate
@@ -17,6 +17,8 @@ from fmmkit.training.trainer import train
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 CIFAR_SPECS = ["cifar10_unet_lsd.toml", "cifar10_dit_b2_lsd.toml"]
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(overrides: dict[str, object]) -> list[str]:

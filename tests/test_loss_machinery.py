@@ -21,13 +21,7 @@ from fmmkit.weighting import Weighting, WeightingConfig
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Any:
-    """Small batches: one thread is faster, notably on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def interpolant(kind: str = "linear", noise: float = 0.0) -> Any:

@@ -169,13 +169,7 @@ INTERPOLANTS = [("linear", 0.0), ("linear", 0.5), ("trig", 0.0), ("trig", 0.5)]
 CASES = [(name, i) for name, oracles in ORACLES.items() for i in range(len(oracles))]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Any:
-    """These small float64 batches run faster on one thread, notably on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def builtin_losses() -> list[str]:

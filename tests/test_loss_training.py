@@ -72,12 +72,8 @@ def untrained(tmp_path_factory: pytest.TempPathFactory) -> float:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", flow_map_losses())
+@pytest.mark.usefixtures("one_thread")
 def test_each_loss_learns_a_one_step_map(name: str, untrained: float, tmp_path: Path) -> None:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        out = fmmkit.train(spec(name, STEPS), out=tmp_path / name, progress=False, pictures=False)
-    finally:
-        torch.set_num_threads(threads)
+    out = fmmkit.train(spec(name, STEPS), out=tmp_path / name, progress=False, pictures=False)
     trained = one_step_energy_distance(out)
     assert trained < 0.4 * untrained, f"{name}: one-step energy distance {trained:.4f} vs untrained {untrained:.4f}"
