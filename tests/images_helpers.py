@@ -1,4 +1,4 @@
-"""Shared pieces of the image tests: one torch thread, tiny model tables, fake image folders."""
+"""Shared pieces of the image tests: tiny model tables, fake image folders."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 
 @pytest.fixture
