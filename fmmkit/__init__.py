@@ -1,5 +1,9 @@
 """fmmkit: flow map matching in PyTorch."""
 
+from fmmkit import moved as _moved
+
+_moved.install()
+
 from fmmkit.core import (
     Backbone,
     Batch,
