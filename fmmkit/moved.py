@@ -35,13 +35,34 @@ MOVED_MODULES: dict[str, str] = {
     "fmmkit.metrics._digits_classifier": "fmmkit.metrics.digits_classifier",
     "fmmkit.metrics._frechet": "fmmkit.metrics.frechet",
     "fmmkit.nets._conditioning": "fmmkit.nets.conditioning",
-    "fmmkit.training.trainer": "fmmkit.training.loop",
 }
 
-#: old module -> {public name: module that holds it now}
-MOVED_NAMES: dict[str, dict[str, str]] = {}
+#: old module -> {public name: module that holds it now, or "module:new_name" for a renamed name}
+MOVED_NAMES: dict[str, dict[str, str]] = {
+    "fmmkit.runs": {
+        **dict.fromkeys(("SPEC_FILE", "WEIGHTS_FILE"), "fmmkit.runs.layout"),
+        **dict.fromkeys(("atomic_write_bytes", "atomic_write_text", "save_tensors", "load_weights", "read_json"),
+                        "fmmkit.runs.files"),
+    },
+    "fmmkit.training.build": {"build_model": "fmmkit.spec.build", "build_teacher": "fmmkit.runs.teacher",
+                              "resolve_device": "fmmkit.training.distributed"},
+    "fmmkit.spec": {"TeacherSpec": "fmmkit.spec.schema:ComponentSpec"},
+    "fmmkit.gaussian_config": {"non_empty": "fmmkit.core.validators", "per_coordinate": "fmmkit.exact"},
+    "fmmkit.training.trainer": {
+        **dict.fromkeys(("train", "resume_run", "train_pipeline", "forward_backward", "synchronise",
+                         "nonfinite_problem", "save_step_pictures", "prepare_run_dir", "check_run_dir",
+                         "default_run_dir"), "fmmkit.training.loop"),
+        "make_compute": "fmmkit.training.compile",
+        "TrainingError": "fmmkit.training.errors",
+        "RESUMABLE_CHANGES": "fmmkit.training.resume",
+        "check_resumable": "fmmkit.training.resume",
+        "PICTURES_DIR": "fmmkit.runs.layout",
+    },
+}
 
-_VANISHED = set(MOVED_MODULES) | set(MOVED_NAMES)
+#: modules of MOVED_NAMES that still exist (they call :func:`moved_getattr`); the others are gone
+_STILL_THERE = {"fmmkit.runs", "fmmkit.training.build", "fmmkit.spec"}
+_VANISHED = set(MOVED_MODULES) | (set(MOVED_NAMES) - _STILL_THERE)
 
 
 def _warn(old: str, new: str, stacklevel: int) -> None:
@@ -56,8 +77,10 @@ def moved_getattr(module: str, names: dict[str, str] | None = None) -> Callable[
     def __getattr__(name: str) -> Any:
         if name not in table:
             raise AttributeError(f"module {module!r} has no attribute {name!r}")
-        _warn(f"{module}.{name}", f"{table[name]}.{name}", stacklevel=3)
-        return getattr(importlib.import_module(table[name]), name)
+        home, _, new_name = table[name].partition(":")
+        new_name = new_name or name
+        _warn(f"{module}.{name}", f"{home}.{new_name}", stacklevel=3)
+        return getattr(importlib.import_module(home), new_name)
 
     return __getattr__
 
