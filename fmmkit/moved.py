@@ -47,6 +47,9 @@ MOVED_NAMES: dict[str, dict[str, str]] = {
     "fmmkit.training.build": {"build_model": "fmmkit.spec.build", "build_teacher": "fmmkit.runs.teacher",
                               "resolve_device": "fmmkit.training.distributed"},
     "fmmkit.spec": {"TeacherSpec": "fmmkit.spec.schema:ComponentSpec"},
+    "fmmkit.losses.times": {"PAIR_ORDERS": "fmmkit.losses.times:TIME_ORDERS"},
+    "fmmkit.losses.base": {"split_diagonal": "fmmkit.losses.base:split_batch"},
+    "fmmkit.losses.meanflow": {"MeanFlowTimes": "fmmkit.losses.times:DiagonalHeavyTimes"},
     "fmmkit.gaussian_config": {"non_empty": "fmmkit.core.validators", "per_coordinate": "fmmkit.exact"},
     "fmmkit.training.trainer": {
         **dict.fromkeys(("train", "resume_run", "train_pipeline", "forward_backward", "synchronise",
@@ -61,7 +64,8 @@ MOVED_NAMES: dict[str, dict[str, str]] = {
 }
 
 #: modules of MOVED_NAMES that still exist (they call :func:`moved_getattr`); the others are gone
-_STILL_THERE = {"fmmkit.runs", "fmmkit.training.build", "fmmkit.spec"}
+_STILL_THERE = {"fmmkit.runs", "fmmkit.training.build", "fmmkit.spec", "fmmkit.losses.times", "fmmkit.losses.base",
+                "fmmkit.losses.meanflow"}
 _VANISHED = set(MOVED_MODULES) | (set(MOVED_NAMES) - _STILL_THERE)
 
 

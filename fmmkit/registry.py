@@ -2,8 +2,10 @@
 that fmmkit's default plugins and the installed third-party plugins register through pluggy.
 
 Environment variables:
-  FMMKIT_BLOCK_PLUGINS  comma-separated plugin names to skip (as ``fmmkit plugins`` lists them).
-  FMMKIT_TRACE_HOOKS    when set (to anything but 0), every hook call is traced on stderr.
+  FMMKIT_BLOCK_PLUGINS  comma-separated plugins to skip: plugin names (as ``fmmkit plugins`` lists
+                        them) or the names of the distributions that installed them.
+  FMMKIT_TRACE_HOOKS    when set (to anything but 0), one line per registration on stderr:
+                        ``fmmkit trace: HOOK PLUGIN: name, name``.
   FMMKIT_NO_ENTRY_POINTS  when set, third-party plugins from entry points are not loaded.
 """
 
@@ -13,12 +15,12 @@ import difflib
 import importlib
 import importlib.metadata
 import os
+import re
 import sys
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
-from types import ModuleType
 from typing import Any
 
 import pluggy
@@ -27,6 +29,7 @@ from fmmkit import hookspecs
 from fmmkit.core.errors import UserError
 from fmmkit.core import Backbone, DataSource, EmptyConfig, Interpolant, Loss, Metric, Sampler
 from fmmkit.core.attention import AttentionBackend
+from fmmkit.core.validators import SpecValueError
 from fmmkit.version import __version__
 
 ENTRY_POINT_GROUP = "fmmkit"
@@ -80,17 +83,32 @@ BUILTIN_PLUGINS = (
 )
 
 
+#: kind -> its plural, for messages and ``fmmkit plugins`` headings (a table: "loss" + "s" is not a word)
+PLURALS: dict[str, str] = {
+    "interpolant": "interpolants",
+    "backbone": "backbones",
+    "loss": "losses",
+    "sampler": "samplers",
+    "dataset": "datasets",
+    "metric": "metrics",
+    "teacher": "teachers",
+    "attention_backend": "attention_backends",
+}
+
+BLOCK_VARIABLE = "FMMKIT_BLOCK_PLUGINS"
+
+
 def plural(kind: str) -> str:
     """'loss' -> 'losses', 'sampler' -> 'samplers'."""
-    return kind + ("es" if kind.endswith("s") else "s")
+    return PLURALS[kind]
 
 
 class PluginWarning(UserWarning):
-    """A plugin failed to import or raised in a hook; it was skipped."""
+    """A plugin (or one of its components) failed to import, raised in a hook or is invalid; it was skipped."""
 
 
 class RegistryError(UserError):
-    """A registry lookup or a plugin conflict the user must resolve (one-line message)."""
+    """A registry lookup or a plugin conflict the user must resolve (one line per problem)."""
 
 
 class UnknownComponentError(RegistryError, KeyError):
@@ -98,6 +116,10 @@ class UnknownComponentError(RegistryError, KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0])
+
+
+class ComponentBuildError(UserError):
+    """A registered component raised while it was built: a bug in its plugin, named in one line."""
 
 
 @dataclass(frozen=True)
@@ -112,33 +134,87 @@ class Entry:
     version: str
 
     def build(self, config: Any, ctx: Any) -> Any:
-        """Build the component from a validated config instance."""
-        return self.component.build(config, ctx)
+        """Build the component from a validated config instance.
+
+        A UserError or SpecValueError (a problem in the user's spec) passes through; anything else
+        the component raises becomes one ComponentBuildError line naming the component and its plugin.
+        """
+        try:
+            return self.component.build(config, ctx)
+        except (UserError, SpecValueError):
+            raise
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise ComponentBuildError(
+                f"{self.kind} '{self.name}' of plugin '{self.plugin}' {self.version} failed to build: "
+                f"{type(exc).__name__}: {first}; a bug in the plugin, not in your spec"
+            ) from exc
 
 
 @dataclass
 class PluginInfo:
-    """A loaded plugin: its name, version, the hooks it implements, and where it came from."""
+    """A loaded plugin: its name, version, the hooks it implements, where it came from (``builtin``)
+    and the Python distribution that installed it (what ``pip install`` takes)."""
 
     name: str
     version: str
     hooks: list[str]
     builtin: bool
+    distribution: str = "fmmkit"
+
+
+@dataclass
+class BlockedPlugin:
+    """A plugin FMMKIT_BLOCK_PLUGINS kept out: not registered, but looked at (only when a spec names a
+    component it would provide) to say so instead of "unknown"."""
+
+    name: str
+    version: str
+    distribution: str
+    load: Any  # () -> the plugin object (a module)
+    _provides: set[tuple[str, str]] | None = None
+
+    def provides(self) -> set[tuple[str, str]]:
+        """The (kind, name) pairs the plugin would register (empty if it cannot even be imported)."""
+        if self._provides is None:
+            found: set[tuple[str, str]] = set()
+            try:
+                pm = make_plugin_manager()
+                pm.register(self.load(), name=self.name)
+                for hook_name, (kind, _) in KINDS.items():
+                    getattr(pm.hook, hook_name)(register=lambda name, *a, _k=kind, **k: found.add((_k, name)))
+            except Exception:  # a blocked plugin may well be broken: that is why it is blocked
+                pass
+            self._provides = found
+        return self._provides
 
 
 @dataclass
 class Registry:
-    """Components by kind and name, with the plugins that provided them."""
+    """Components by kind and name, with the plugins that provided them.
+
+    ``failures``: one line per plugin or component that was skipped; ``clashes``: one line per name
+    two plugins registered (the later one is left out); ``blocked``: plugins FMMKIT_BLOCK_PLUGINS kept out.
+    """
 
     entries: dict[str, dict[str, Entry]] = field(default_factory=lambda: {k: {} for k, _ in KINDS.values()})
     plugins: list[PluginInfo] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+    clashes: list[str] = field(default_factory=list)
+    blocked: list[BlockedPlugin] = field(default_factory=list)
 
     def get(self, kind: str, name: str) -> Entry:
-        """The entry for ``name``; UnknownComponentError lists the registered names otherwise."""
+        """The entry for ``name``; UnknownComponentError lists the registered names otherwise (or names
+        the blocked plugin that provides it)."""
         table = self.entries[kind]
         if name in table:
             return table[name]
+        for plugin in self.blocked:
+            if (kind, name) in plugin.provides():
+                raise UnknownComponentError(
+                    f"{kind} '{name}' is provided by plugin '{plugin.name}', blocked by {BLOCK_VARIABLE}; "
+                    f"unblock it to use '{name}'"
+                )
         close = difflib.get_close_matches(name, list(table), n=1)
         hint = f"did you mean '{close[0]}'? " if close else ""
         raise UnknownComponentError(
@@ -150,8 +226,12 @@ class Registry:
         return sorted(self.entries[kind])
 
     def build(self, kind: str, name: str, config: Any, ctx: Any) -> Any:
-        """Build a registered component."""
+        """Build a registered component (see :meth:`Entry.build`)."""
         return self.get(kind, name).build(config, ctx)
+
+    def plugin(self, name: str) -> PluginInfo | None:
+        """The loaded plugin called ``name``, if any."""
+        return next((p for p in self.plugins if p.name == name), None)
 
 
 def _warn(message: str, failures: list[str]) -> None:
@@ -159,72 +239,86 @@ def _warn(message: str, failures: list[str]) -> None:
     warnings.warn(message, PluginWarning, stacklevel=3)
 
 
-def _blocked() -> set[str]:
-    return {p.strip() for p in os.environ.get("FMMKIT_BLOCK_PLUGINS", "").split(",") if p.strip()}
+def _normalized(name: str) -> str:
+    """A distribution or plugin name compared as pip compares them (PEP 503: case, -, _ and .)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def _builtin_modules(failures: list[str]) -> list[ModuleType]:
-    modules = []
-    for name in BUILTIN_PLUGINS:
-        try:
-            modules.append(importlib.import_module(name))
-        except Exception as exc:  # a broken built-in must not take the others down
-            _warn(f"plugin '{name}' failed to import and is skipped: {type(exc).__name__}: {exc}", failures)
-    return modules
+def blocked_names() -> set[str]:
+    """The names in FMMKIT_BLOCK_PLUGINS (plugin names or distribution names), normalised."""
+    return {_normalized(p.strip()) for p in os.environ.get(BLOCK_VARIABLE, "").split(",") if p.strip()}
 
 
-def _entry_point_plugins(failures: list[str], blocked: set[str]) -> list[tuple[str, str, Any]]:
-    if os.environ.get("FMMKIT_NO_ENTRY_POINTS"):
-        return []
-    found = []
-    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name in blocked:
-            continue
-        version = ep.dist.version if ep.dist is not None else "?"
-        try:
-            found.append((ep.name, version, ep.load()))
-        except Exception as exc:
-            _warn(f"plugin '{ep.name}' failed to import and is skipped: {type(exc).__name__}: {exc}", failures)
+@dataclass
+class _Candidate:
+    name: str
+    version: str
+    load: Any  # () -> plugin object
+    builtin: bool
+    distribution: str
+
+
+def _candidates(extra_plugins: Iterable[tuple[str, Any]], entry_points: bool) -> list[_Candidate]:
+    """Every plugin in load order: the built-ins, then entry points, then ``extra_plugins``."""
+    found = [_Candidate(name, __version__, lambda n=name: importlib.import_module(n), True, "fmmkit")
+             for name in BUILTIN_PLUGINS]
+    if entry_points and not os.environ.get("FMMKIT_NO_ENTRY_POINTS"):
+        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            dist = ep.dist.name if ep.dist is not None else ep.name
+            version = ep.dist.version if ep.dist is not None else "?"
+            found.append(_Candidate(ep.name, version, ep.load, False, dist))
+    for name, obj in extra_plugins:
+        found.append(_Candidate(name, getattr(obj, "__version__", "?"), lambda o=obj: o, False, name))
     return found
 
 
 def make_plugin_manager() -> pluggy.PluginManager:
-    """A plugin manager with fmmkit's hookspecs; tracing on stderr if FMMKIT_TRACE_HOOKS is set."""
+    """A plugin manager with fmmkit's hookspecs."""
     pm = pluggy.PluginManager("fmmkit")
     pm.add_hookspecs(hookspecs)
-    if os.environ.get("FMMKIT_TRACE_HOOKS", "0") not in ("", "0"):
-        pm.trace.root.setwriter(lambda line: sys.stderr.write(f"fmmkit trace: {line}"))
-        pm.enable_tracing()
     return pm
 
 
-def load_registry(extra_plugins: Iterable[tuple[str, Any]] = (), entry_points: bool = True) -> Registry:
+def _tracing() -> bool:
+    return os.environ.get("FMMKIT_TRACE_HOOKS", "0") not in ("", "0")
+
+
+def load_registry(extra_plugins: Iterable[tuple[str, Any]] = (), entry_points: bool = True, *,
+                  strict: bool = True) -> Registry:
     """Load every plugin and collect its registrations.
 
     ``extra_plugins`` are (name, module-or-object) pairs registered after the built-ins (tests use
-    it). Raises RegistryError when two plugins register the same name for one kind.
+    it). A plugin that fails to import or raises in a hook, and a component whose Config is invalid,
+    is skipped with one PluginWarning line. Two plugins registering one name is a clash: with
+    ``strict`` (the default) a RegistryError lists every clash at once, one line each; otherwise
+    the clashes are kept in ``registry.clashes`` (``fmmkit plugins`` shows them) and the earlier
+    plugin keeps the name.
     """
+    from fmmkit.spec.config_check import config_problem
+
     registry = Registry()
-    blocked = _blocked()
+    blocked = blocked_names()
     pm = make_plugin_manager()
-    plugins: list[tuple[str, str, Any, bool]] = [
-        (m.__name__, __version__, m, True) for m in _builtin_modules(registry.failures)
-    ]
-    if entry_points:
-        plugins += [(n, v, obj, False) for n, v, obj in _entry_point_plugins(registry.failures, blocked)]
-    plugins += [(n, getattr(obj, "__version__", "?"), obj, False) for n, obj in extra_plugins]
+    trace = _tracing()
     versions: dict[str, str] = {}
-    for name, version, obj, builtin in plugins:
-        if name in blocked:
+    for cand in _candidates(extra_plugins, entry_points):
+        if _normalized(cand.name) in blocked or _normalized(cand.distribution) in blocked:
+            registry.blocked.append(BlockedPlugin(cand.name, cand.version, cand.distribution, cand.load))
             continue
         try:
-            pm.register(obj, name=name)
-        except Exception as exc:
-            _warn(f"plugin '{name}' could not be registered and is skipped: {type(exc).__name__}: {exc}", registry.failures)
+            obj = cand.load()
+        except Exception as exc:  # a broken plugin must not take the others down
+            _warn(f"plugin '{cand.name}' failed to import and is skipped: {type(exc).__name__}: {exc}", registry.failures)
             continue
-        versions[name] = version
+        try:
+            pm.register(obj, name=cand.name)
+        except Exception as exc:
+            _warn(f"plugin '{cand.name}' could not be registered and is skipped: {type(exc).__name__}: {exc}",
+                  registry.failures)
+            continue
+        versions[cand.name] = cand.version
         hooks = [caller.name for caller in pm.get_hookcallers(obj) or []]
-        registry.plugins.append(PluginInfo(name, version, sorted(hooks), builtin))
+        registry.plugins.append(PluginInfo(cand.name, cand.version, sorted(hooks), cand.builtin, cand.distribution))
 
     for hook_name, (kind, base) in KINDS.items():
         caller = getattr(pm.hook, hook_name)
@@ -234,10 +328,10 @@ def load_registry(extra_plugins: Iterable[tuple[str, Any]] = (), entry_points: b
             staged: dict[str, Entry] = {}
 
             def register(name: str, component: Any, *, config: type | None = None, _p: str = plugin_name) -> None:
-                if base is not None and not (isinstance(component, type) and issubclass(component, base)):
-                    raise TypeError(f"{kind} '{name}' must be a subclass of {base.__module__}.{base.__name__}")
-                if not hasattr(component, "build"):
-                    raise TypeError(f"{kind} '{name}' has no build(config, ctx) classmethod")
+                problem = _component_problem(kind, base, name, component, config, config_problem)
+                if problem is not None:
+                    _warn(f"plugin '{_p}': {problem}; {kind} '{name}' is skipped", registry.failures)
+                    return
                 cfg = config or getattr(component, "Config", EmptyConfig)
                 staged[name] = Entry(kind, name, component, cfg, _p, versions.get(_p, "?"))
 
@@ -245,22 +339,43 @@ def load_registry(extra_plugins: Iterable[tuple[str, Any]] = (), entry_points: b
                 pm.subset_hook_caller(hook_name, remove_plugins=others)(register=register)
             except Exception as exc:
                 _warn(
-                    f"plugin '{plugin_name}' raised in {hook_name} and its {kind}s are skipped: "
+                    f"plugin '{plugin_name}' raised in {hook_name} and its {plural(kind)} are skipped: "
                     f"{type(exc).__name__}: {exc}",
                     registry.failures,
                 )
                 continue
+            if trace:
+                sys.stderr.write(f"fmmkit trace: {hook_name} {plugin_name}: {', '.join(staged) or '(none)'}\n")
             table = registry.entries[kind]
             for name, entry in staged.items():
                 if name in table:
                     first = table[name]
-                    raise RegistryError(
+                    registry.clashes.append(
                         f"{kind} '{name}' is registered by two plugins: '{first.plugin}' ({first.version}) and "
-                        f"'{entry.plugin}' ({entry.version}); rename one, or block one with "
-                        f"FMMKIT_BLOCK_PLUGINS={entry.plugin}"
+                        f"'{entry.plugin}' ({entry.version}); rename one, or block the later one with "
+                        f"{BLOCK_VARIABLE}={entry.plugin}"
                     )
+                    continue
                 table[name] = entry
+    if strict and registry.clashes:
+        raise RegistryError("\n".join(registry.clashes))
     return registry
+
+
+def _component_problem(kind: str, base: type | None, name: str, component: Any, config: type | None,
+                       config_problem: Any) -> str | None:
+    """Why a component cannot be registered (one phrase), or None: the right base class, a ``build``,
+    and a Config whose defaults pass their own validators and types."""
+    if base is not None and not (isinstance(component, type) and issubclass(component, base)):
+        return f"{kind} '{name}' must be a subclass of {base.__module__}.{base.__name__}"
+    if not callable(getattr(component, "build", None)):
+        return f"{kind} '{name}' has no build(config, ctx) classmethod"
+    cfg = config or getattr(component, "Config", EmptyConfig)
+    found = config_problem(cfg)
+    if found is None:
+        return None
+    key, problem = found
+    return f"default of {kind} '{name}'.{key} is invalid: {problem}" if key else f"{kind} '{name}'.Config {problem}"
 
 
 @lru_cache(maxsize=1)

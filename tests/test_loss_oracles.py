@@ -143,7 +143,7 @@ ORACLES: dict[str, list[Oracle]] = {
     "progressive_self_distillation": [
         Oracle({"times": TIMES, "split": "uniform"}, lambda ip: share(0.75) * fm_floor(ip),
                {"diagonal": fm_floor, "progressive": ZERO}),
-        Oracle({"times": TIMES, "split": "midpoint", "diagonal_fraction": 0.5}, lambda ip: share(0.5) * fm_floor(ip),
+        Oracle({"times": {**TIMES, "diagonal_fraction": 0.5}, "split": "midpoint"}, lambda ip: share(0.5) * fm_floor(ip),
                {"diagonal": fm_floor, "progressive": ZERO}),
     ],
     "meanflow": [

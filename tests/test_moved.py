@@ -52,3 +52,26 @@ def test_unknown_names_of_an_old_module_are_attribute_errors() -> None:
 
     with pytest.raises(AttributeError, match="has no attribute 'nope'"):
         old.nope  # noqa: B018
+
+
+def test_the_former_loss_level_diagonal_fraction_key_still_loads_with_a_spec_warning() -> None:
+    import attrs
+
+    from fmmkit.spec import SpecWarning, load_spec
+
+    old = {"data": {"kind": "checkerboard"},
+           "loss": {"kind": "lagrangian_self_distillation", "diagonal_fraction": 0.5, "times": {"diagonal_fraction": 0.2}}}
+    with pytest.warns(SpecWarning, match=r"^<dict>: loss\.diagonal_fraction is deprecated; it is now \[loss\.times\] "
+                                         r"diagonal_fraction, the one key for the share of the batch on s = t$"):
+        spec = load_spec(old)
+    # the two keys used to stack: eta on the diagonal, then 0.2 of the remaining pairs on s = t too
+    assert spec.loss.config.times.diagonal_fraction == pytest.approx(0.5 + 0.5 * 0.2)
+    assert "diagonal_fraction" not in attrs.fields_dict(type(spec.loss.config))
+
+
+def test_time_order_any_is_both_with_a_warning() -> None:
+    from fmmkit.testing import time_triples
+
+    with pytest.warns(DeprecationWarning, match='time order "any" is deprecated .* use "both"'):
+        strategy = time_triples(order="any")
+    assert strategy is not None

@@ -130,3 +130,20 @@ def test_plugins_command_lists_versions_and_hooks(tmp_path: Path) -> None:
     proc = _run_cli(["plugins"], {}, tmp_path)
     assert "fmmkit-example 0.1.0 (installed): register_datasets, register_interpolants, register_losses" in proc.stdout
     assert re.search(r"^  ring +fmmkit-example 0\.1\.0$", proc.stdout, re.MULTILINE)
+
+
+def test_builtin_plugins_are_exactly_the_modules_with_hooks() -> None:
+    import importlib.util
+    import pkgutil
+
+    import fmmkit
+    from fmmkit.registry import BUILTIN_PLUGINS
+
+    with_hooks = set()
+    for info in pkgutil.walk_packages(fmmkit.__path__, "fmmkit."):
+        source = Path(importlib.util.find_spec(info.name).origin).read_text()  # type: ignore[union-attr,arg-type]
+        if "@hookimpl" in source and info.name != "fmmkit.hookspecs":
+            with_hooks.add(info.name)
+    assert set(BUILTIN_PLUGINS) == with_hooks, "add a new component module to fmmkit.registry.BUILTIN_PLUGINS"
+    registry = load_registry(entry_points=False)
+    assert all(p.hooks for p in registry.plugins if p.builtin) and len(registry.plugins) == len(BUILTIN_PLUGINS)

@@ -1,12 +1,14 @@
 """The ``fmmkit`` command: a thin face over the Python API.
 
-  fmmkit train SPEC [--out DIR] [--set KEY.PATH=VALUE ...]
+  fmmkit train SPEC|NAME [--out DIR] [--set KEY.PATH=VALUE ...]   (NAME: a built-in spec, fmmkit spec list)
   fmmkit train --resume RUN_DIR [--set train.steps=N]
   torchrun --nproc_per_node N -m fmmkit.cli train SPEC --out DIR
   fmmkit sample RUN_DIR --steps K --num N --out FILE(.npy|.png)
   fmmkit eval RUN_DIR [--num N]
   fmmkit plugins
-  fmmkit spec check|show SPEC [--set ...]
+  fmmkit spec check|show SPEC|NAME [--set ...]
+  fmmkit spec list
+  fmmkit spec copy NAME... DIR | --all DIR
   fmmkit quickstart [--out DIR]
   fmmkit verify RUN_DIR [--threshold LAW=VALUE ...] [--json]
 """
@@ -21,15 +23,17 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fmmkit.core.errors import UserError
+from fmmkit.losses.times import TIME_ORDERS
 from fmmkit.registry import PluginWarning, plural
 from fmmkit.runs.layout import EVAL_FILE, VERIFY_FILE
+from fmmkit.spec.errors import SpecWarning
 
 
 def _one_line_warnings() -> None:
     original = warnings.formatwarning
 
     def fmt(message, category, filename, lineno, line=None):  # type: ignore[no-untyped-def]
-        if issubclass(category, PluginWarning):
+        if issubclass(category, (PluginWarning, SpecWarning)):
             return f"fmmkit: warning: {message}\n"
         return original(message, category, filename, lineno, line)
 
@@ -87,9 +91,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
-    from fmmkit.registry import get_registry
+    from fmmkit.registry import BLOCK_VARIABLE, load_registry
 
-    registry = get_registry()
+    registry = load_registry(strict=False)  # name clashes are listed here, not raised
     if args.json:
         print(json.dumps({kind: {name: {"plugin": e.plugin, "version": e.version} for name, e in table.items()}
                           for kind, table in registry.entries.items()}, indent=2))
@@ -104,12 +108,17 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         for name in sorted(table):
             entry = table[name]
             print(f"  {name:<32} {entry.plugin} {entry.version}")
+    for plugin in registry.blocked:
+        print(f"\nblocked: plugin '{plugin.name}' {plugin.version} (distribution {plugin.distribution}) by {BLOCK_VARIABLE}")
     for failure in registry.failures:
         print(f"\nskipped: {failure}")
+    for clash in registry.clashes:
+        print(f"\nclash: {clash}")
     return 0
 
 
 def cmd_spec(args: argparse.Namespace) -> int:
+    from fmmkit.evaluation import build_metrics
     from fmmkit.spec import load_spec, spec_to_toml
     from fmmkit.training.build import build_pipeline
 
@@ -117,8 +126,32 @@ def cmd_spec(args: argparse.Namespace) -> int:
     if args.action == "show":
         print(spec_to_toml(spec), end="")
     else:
-        build_pipeline(spec)  # builds every component, so build-time errors show here too
+        pipeline = build_pipeline(spec)  # builds every component, so build-time errors show here too
+        build_metrics(spec, pipeline.registry)
         print(f"{args.spec}: ok")
+    return 0
+
+
+def cmd_spec_list(args: argparse.Namespace) -> int:
+    from fmmkit.spec.builtin import builtin_spec_names, summary
+
+    names = builtin_spec_names()
+    width = max(map(len, names))
+    for name in names:
+        print(f"{name:<{width}}  {summary(name)}")
+    print(f"\ntrain one with 'fmmkit train NAME', read it with 'fmmkit spec show NAME', edit a copy made with "
+          f"'fmmkit spec copy NAME DIR'")
+    return 0
+
+
+def cmd_spec_copy(args: argparse.Namespace) -> int:
+    from fmmkit.spec.builtin import builtin_spec_names, copy_specs
+
+    *names, out = args.items
+    if args.all == bool(names):
+        raise UserError("fmmkit spec copy: give NAME... DIR, or --all DIR")
+    for path in copy_specs(builtin_spec_names() if args.all else names, Path(out)):
+        print(f"wrote {path}")
     return 0
 
 
@@ -153,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override a spec key, e.g. --set train.steps=500 (repeatable)")
 
     p = sub.add_parser("train", help="train a spec into a run directory")
-    p.add_argument("spec", nargs="?")
+    p.add_argument("spec", nargs="?", help="a TOML file, or the name of a built-in spec (fmmkit spec list)")
     p.add_argument("--out", help="run directory (default runs/<spec name>)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its newest readable checkpoint")
@@ -179,11 +212,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_plugins)
 
-    p = sub.add_parser("spec", help="check a spec, or show it with every default filled in")
-    p.add_argument("action", choices=["check", "show"])
-    p.add_argument("spec")
-    add_set(p)
-    p.set_defaults(func=cmd_spec)
+    p = sub.add_parser("spec", help="check or show a spec (a file or a built-in spec's name); list or copy the built-in specs")
+    actions = p.add_subparsers(dest="action", required=True)
+    for action, text in (("check", "validate a spec and build every component it names"),
+                         ("show", "print a spec with every default filled in")):
+        q = actions.add_parser(action, help=text)
+        q.add_argument("spec", help="a TOML file, or the name of a built-in spec (fmmkit spec list)")
+        add_set(q)
+        q.set_defaults(func=cmd_spec)
+    q = actions.add_parser("list", help="the built-in specs, with what each trains")
+    q.set_defaults(func=cmd_spec_list)
+    q = actions.add_parser("copy", help="copy built-in specs into a folder to edit them")
+    q.add_argument("items", nargs="+", metavar="NAME... DIR", help="built-in spec names, then the folder")
+    q.add_argument("--all", action="store_true", help="every built-in spec (then give only DIR)")
+    q.set_defaults(func=cmd_spec_copy)
 
     p = sub.add_parser("quickstart", help="the main job: checkerboard teacher, then a flow map, eval table and PNG")
     p.add_argument("--out", default="runs/quickstart")
@@ -196,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num", type=int, default=2048, help="points (each with its own random times)")
     p.add_argument("--threshold", action="append", default=[], metavar="LAW=VALUE",
                    help="relative-RMS threshold of one law, e.g. --threshold semigroup=0.1 (repeatable)")
-    p.add_argument("--order", choices=["forward", "both"], help="time order of (s, u, t) (default: the run's)")
+    p.add_argument("--order", choices=TIME_ORDERS, help="time order of (s, u, t) (default: the run's)")
     p.add_argument("--search-examples", type=int, default=200, help="hypothesis examples for the worst triple")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--derivative", choices=["jvp", "finite_difference"], help="default: jvp when the model allows it")

@@ -114,42 +114,22 @@ def time_derivative(
 
 
 def eulerian_derivative(
-    model: FlowMap,
-    x: Tensor,
-    s: Tensor,
-    t: Tensor,
-    b: Tensor,
-    *,
-    y: Tensor | None = None,
-    method: DerivativeMethod = "jvp",
+    model: FlowMap, x: Tensor, s: Tensor, t: Tensor, b: Tensor, *, y: Tensor | None = None, method: DerivativeMethod = "jvp"
 ) -> tuple[Tensor, Tensor]:
     """(X_{s,t}(x), d/ds X_{s,t}(x) + grad_x X_{s,t}(x) b): one JVP in (s, x) with tangent (1, b)."""
     return directional_derivative(model, x, s, t, (b, torch.ones_like(s), None), y=y, method=method)
 
 
 def velocity_derivative(
-    model: FlowMap,
-    x: Tensor,
-    s: Tensor,
-    t: Tensor,
-    tangent: tuple[Tensor | None, Tensor | None, Tensor | None],
-    *,
-    y: Tensor | None = None,
-    method: DerivativeMethod = "jvp",
+    model: FlowMap, x: Tensor, s: Tensor, t: Tensor, tangent: tuple[Tensor | None, Tensor | None, Tensor | None], *,
+    y: Tensor | None = None, method: DerivativeMethod = "jvp",
 ) -> tuple[Tensor, Tensor]:
     """(v_{s,t}(x), d/de v_{s + e ds, t + e dt}(x + e dx) at e = 0) for tangent (dx, ds, dt)."""
     return directional_derivative(model, x, s, t, tangent, y=y, output="average_velocity", method=method)
 
 
 def eulerian_velocity_derivative(
-    model: FlowMap,
-    x: Tensor,
-    s: Tensor,
-    t: Tensor,
-    b: Tensor,
-    *,
-    y: Tensor | None = None,
-    method: DerivativeMethod = "jvp",
+    model: FlowMap, x: Tensor, s: Tensor, t: Tensor, b: Tensor, *, y: Tensor | None = None, method: DerivativeMethod = "jvp"
 ) -> tuple[Tensor, Tensor]:
     """(v_{s,t}(x), d/ds v_{s,t}(x) + grad_x v_{s,t}(x) b): tangent (b, 1, 0), MeanFlow's total derivative.
 

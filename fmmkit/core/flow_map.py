@@ -8,13 +8,17 @@ noise at t = 0 and data at t = 1, X_{0,1} is a one-step sampler.
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Iterator
+from typing import TypeVar
 
 import torch
 from torch import Tensor, nn
 
 from fmmkit.core.component import Component
 from fmmkit.core.shapes import as_batch_times, broadcast_time
+
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 
 class Backbone(nn.Module, Component):
@@ -41,6 +45,14 @@ class Backbone(nn.Module, Component):
     def forward_ad_mode(self) -> Iterator[None]:
         """Context in which forward-mode AD through the backbone is valid (default: always)."""
         yield
+
+
+def frozen_copy(module: ModuleT) -> ModuleT:
+    """A deep copy in eval mode with gradients off (a frozen teacher, an EMA, a loss's held copy)."""
+    out = copy.deepcopy(module).eval()
+    for p in out.parameters():
+        p.requires_grad_(False)
+    return out
 
 
 def time_dtype(x: Tensor) -> torch.dtype:

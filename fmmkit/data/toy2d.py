@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from abc import abstractmethod
-from typing import Any
+from typing import Any, ClassVar
 
 import attrs
 import torch
@@ -21,18 +21,20 @@ from fmmkit.hookspecs import hookimpl
 
 
 class Toy2D(DataSource):
-    """A 2D toy source: subclasses draw (points, mode index) and say how many modes there are."""
+    """A 2D toy source: subclasses draw (points, mode index) and say how many modes there are in
+    ``modes``: a number, or the name of the config key that holds it."""
 
     shape = (2,)
+    modes: ClassVar[int | str]
 
     def __init__(self, config: Any) -> None:
         self.config = config
         self.num_classes = self.num_modes if config.labels else None
 
     @property
-    @abstractmethod
     def num_modes(self) -> int:
         """Number of modes (the label count when ``labels`` is on)."""
+        return self.modes if isinstance(self.modes, int) else int(getattr(self.config, self.modes))
 
     @abstractmethod
     def _draw(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -80,10 +82,7 @@ class Checkerboard(Toy2D):
     Config = CheckerboardConfig
     #: lower-left corners (in units of scale) of the black squares
     CORNERS = torch.tensor([(i - 2, j - 2) for i in range(4) for j in range(4) if (i + j) % 2 == 0], dtype=torch.float32)
-
-    @property
-    def num_modes(self) -> int:
-        return 8
+    modes = 8
 
     def _draw(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         square = torch.randint(8, (n,), generator=generator)
@@ -112,10 +111,7 @@ class EightGaussians(Toy2D):
     """Equal mixture of N(c_k, std^2 I), c_k = radius (cos 2 pi k / 8, sin 2 pi k / 8); density known."""
 
     Config = EightGaussiansConfig
-
-    @property
-    def num_modes(self) -> int:
-        return 8
+    modes = 8
 
     def centres(self) -> Tensor:
         angle = torch.arange(8, dtype=torch.float64) * (2 * math.pi / 8)
@@ -146,10 +142,7 @@ class TwoMoons(Toy2D):
     """Two interleaved half circles of radius 2, centred at the origin (scikit-learn's moons x 2)."""
 
     Config = TwoMoonsConfig
-
-    @property
-    def num_modes(self) -> int:
-        return 2
+    modes = 2
 
     def _draw(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         moon = torch.randint(2, (n,), generator=generator)
@@ -172,25 +165,34 @@ class PinwheelConfig:
     labels: bool = False
 
 
-class Pinwheel(Toy2D):
+class Arms(Toy2D):
+    """``arms`` copies of one shape turned by 2 pi k / arms (pinwheel blades, spiral arms); the arm k of a
+    point is its mode."""
+
+    modes = "arms"
+
+    def _draw(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        arm = torch.randint(self.config.arms, (n,), generator=generator)
+        return self._arm(n, generator, arm * (2 * math.pi / self.config.arms)), arm
+
+    @abstractmethod
+    def _arm(self, n: int, generator: torch.Generator, turn: Tensor) -> Tensor:
+        """n points (n, 2) of the shape, each turned by its arm's angle ``turn`` (n,)."""
+
+
+class Pinwheel(Arms):
     """Blade k: the point 2 (r, u), r = 1 + radial_std e1, u = tangential_std e2, rotated by
     2 pi k / arms + rate exp(r) (the FFJORD pinwheel)."""
 
     Config = PinwheelConfig
 
-    @property
-    def num_modes(self) -> int:
-        return self.config.arms
-
-    def _draw(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        cfg = self.config
-        blade = torch.randint(cfg.arms, (n,), generator=generator)
+    def _arm(self, n: int, generator: torch.Generator, turn: Tensor) -> Tensor:
         e = _randn(n, generator, 2)
-        r = 1 + cfg.radial_std * e[:, 0]
-        u = cfg.tangential_std * e[:, 1]
-        angle = blade * (2 * math.pi / cfg.arms) + cfg.rate * torch.exp(r)
+        r = 1 + self.config.radial_std * e[:, 0]
+        u = self.config.tangential_std * e[:, 1]
+        angle = turn + self.config.rate * torch.exp(r)
         c, s = torch.cos(angle), torch.sin(angle)
-        return 2 * torch.stack([c * r - s * u, s * r + c * u], dim=1), blade
+        return 2 * torch.stack([c * r - s * u, s * r + c * u], dim=1)
 
     def _extent(self) -> float:
         return max(4.0, 2 * (1 + 4 * self.config.radial_std))
@@ -198,31 +200,26 @@ class Pinwheel(Toy2D):
 
 @attrs.define(frozen=True)
 class SpiralsConfig:
-    """arms: number of spiral arms; turns: revolutions per arm; radius: outer radius; noise: Gaussian std."""
+    """labels: the arm as class label; arms: number of spiral arms; turns: revolutions per arm; radius:
+    outer radius; noise: Gaussian std."""
 
+    labels: bool = False
     arms: int = attrs.field(default=2, validator=at_least(1))
     turns: float = attrs.field(default=1.5, validator=positive)
     radius: float = attrs.field(default=3.0, validator=positive)
     noise: float = attrs.field(default=0.1, validator=non_negative)
-    labels: bool = False
 
 
-class Spirals(Toy2D):
+class Spirals(Arms):
     """Archimedean arms r = radius theta / (2 pi turns), theta = 2 pi turns sqrt(u) (about uniform in arc length)."""
 
     Config = SpiralsConfig
 
-    @property
-    def num_modes(self) -> int:
-        return self.config.arms
-
-    def _draw(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    def _arm(self, n: int, generator: torch.Generator, turn: Tensor) -> Tensor:
         cfg = self.config
-        arm = torch.randint(cfg.arms, (n,), generator=generator)
         frac = torch.sqrt(_rand(n, generator))
-        theta = 2 * math.pi * cfg.turns * frac
-        x = _rotate(cfg.radius * frac, theta + arm * (2 * math.pi / cfg.arms))
-        return x + cfg.noise * _randn(n, generator, 2), arm
+        x = _rotate(cfg.radius * frac, 2 * math.pi * cfg.turns * frac + turn)
+        return x + cfg.noise * _randn(n, generator, 2)
 
     def _extent(self) -> float:
         return max(4.0, self.config.radius + 5 * self.config.noise)

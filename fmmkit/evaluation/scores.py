@@ -14,12 +14,13 @@ from typing import Any
 
 import torch
 
-from fmmkit.core import BuildContext, VelocityField
+from fmmkit.core import BuildContext, Metric, VelocityField
+from fmmkit.registry import Registry
 from fmmkit.runs.files import atomic_write_text
 from fmmkit.runs.layout import EVAL_FILE, SAMPLES_FILE
 from fmmkit.runs.run import Run, load_run
 from fmmkit.runs.teacher import build_teacher
-from fmmkit.spec import SpecError
+from fmmkit.spec import Spec, SpecError
 
 
 @dataclass
@@ -60,6 +61,11 @@ def sampler_rows(run: Run) -> list[tuple[str, Any, Any]]:
     return flow_map_rows(run) + [(f"{prefix} {sampler.label}", sampler, field_) for sampler in ode]
 
 
+def build_metrics(spec: Spec, registry: Registry) -> dict[str, Metric]:
+    """The metrics of ``eval.metrics`` by name, each built from its parameters."""
+    return {m.kind: registry.build("metric", m.kind, m.config, BuildContext()) for m in spec.eval.metrics}
+
+
 def _score(name: str, metric: Any, samples: torch.Tensor, reference: torch.Tensor, run: Run) -> float:
     """One metric's value; a metric that cannot score this kind of data is a spec mistake, named as one."""
     try:
@@ -76,8 +82,7 @@ def evaluate(run: Run | str | Path, num_samples: int | None = None, write: bool 
     n = num_samples or cfg.num_samples
     reference = run.data.sample(n, torch.Generator().manual_seed(cfg.seed)).x1.float()
     x0 = run.noise(n, seed=cfg.seed + 1)
-    metrics = {name: run.registry.build("metric", name, run.registry.get("metric", name).config(), BuildContext())
-               for name in cfg.metrics}
+    metrics = build_metrics(run.spec, run.registry)
     rows = []
     for label, sampler, model in sampler_rows(run):
         result, seconds = _timed(lambda: sampler(model, x0))

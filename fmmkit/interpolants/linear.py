@@ -5,19 +5,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from fmmkit.core import Interpolant
 from fmmkit.hookspecs import hookimpl
-from fmmkit.interpolants.config import InterpolantConfig
+from fmmkit.interpolants.config import NoisyInterpolant
 
 
-class LinearInterpolant(Interpolant):
+class LinearInterpolant(NoisyInterpolant):
     """alpha(t) = 1 - t, beta(t) = t, gamma(t) = a sqrt(t (1 - t))."""
-
-    Config = InterpolantConfig
-
-    def __init__(self, config: InterpolantConfig = InterpolantConfig()) -> None:
-        self.config = config
-        self.noise_scale = config.noise
 
     def alpha(self, t: Tensor) -> Tensor:
         return 1 - t

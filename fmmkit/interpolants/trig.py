@@ -7,19 +7,12 @@ import math
 import torch
 from torch import Tensor
 
-from fmmkit.core import Interpolant
 from fmmkit.hookspecs import hookimpl
-from fmmkit.interpolants.config import InterpolantConfig
+from fmmkit.interpolants.config import NoisyInterpolant
 
 
-class TrigInterpolant(Interpolant):
+class TrigInterpolant(NoisyInterpolant):
     """alpha(t) = cos(pi t / 2), beta(t) = sin(pi t / 2): variance preserving when gamma = 0."""
-
-    Config = InterpolantConfig
-
-    def __init__(self, config: InterpolantConfig = InterpolantConfig()) -> None:
-        self.config = config
-        self.noise_scale = config.noise
 
     def alpha(self, t: Tensor) -> Tensor:
         return torch.cos(math.pi / 2 * t)

@@ -26,31 +26,27 @@ from fmmkit.core import Batch, FlowMap, VelocityField
 from fmmkit.core.shapes import broadcast_time
 from fmmkit.core.derivatives import lagrangian_velocity_derivative
 from fmmkit.hookspecs import hookimpl
-from fmmkit.losses.base import FlowMapLoss, TangentConfig, Term, normalized, ramp, semigradient_squares
+from fmmkit.losses.base import DistillationLoss, TangentConfig, Term, normalized, ramp, semigradient_squares
 
 
-class AlignYourFlowEulerian(FlowMapLoss):
+class AlignYourFlowEulerian(DistillationLoss):
     """AYF-EMD: normalised, warmed-up Eulerian tangent as a stop-gradient target for v_{s,t}."""
 
     Config = TangentConfig
-    requires_teacher = True
 
     def terms(self, model: FlowMap, batch: Batch, teacher: VelocityField | None, step: int) -> list[Term]:
-        s, t, x_s, b = self.teacher_start(batch, teacher)
-        v, transport = self.eulerian_parts(model, x_s, s, t, b, batch.y)
+        s, t, b, v, transport = self.teacher_eulerian_parts(model, batch, teacher)
         g = (b - v + ramp(step, self.config.warmup_steps) * transport).detach()
         return [Term("eulerian", semigradient_squares(v, normalized(g, self.config.tangent_norm)), s, t)]
 
 
-class AlignYourFlowLagrangian(FlowMapLoss):
+class AlignYourFlowLagrangian(DistillationLoss):
     """AYF-LMD: normalised, warmed-up Lagrangian tangent as a stop-gradient target for v_{s,t}."""
 
     Config = TangentConfig
-    requires_teacher = True
 
     def terms(self, model: FlowMap, batch: Batch, teacher: VelocityField | None, step: int) -> list[Term]:
-        s, t = self.sample_pairs(len(batch), batch.x1)
-        x_s = self.draw(batch, s).x_t
+        s, t, x_s = self.start(batch)
         v, dt_v = lagrangian_velocity_derivative(model, x_s, s, t, y=batch.y, method=self.config.derivative)
         gap = broadcast_time(t - s, v).to(v.dtype)
         with torch.no_grad():

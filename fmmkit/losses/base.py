@@ -9,8 +9,8 @@ is its share of the batch), and logs each term's unweighted mean. Configs may ca
 
 from __future__ import annotations
 
-import copy
 from abc import abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,13 +19,16 @@ import torch
 from torch import Tensor, nn
 
 from fmmkit.core import Batch, BuildContext, FlowMap, Interpolant, InterpolantSample, Loss, LossOutput, VelocityField
-from fmmkit.core.flow_map import time_dtype
+from fmmkit.core.flow_map import frozen_copy, time_dtype
 from fmmkit.core.shapes import broadcast_time, mean_squares
-from fmmkit.core.validators import non_negative, one_of, unit_interval
+from fmmkit.core.validators import non_negative, one_of
 from fmmkit.core.derivatives import DERIVATIVE_METHODS, eulerian_velocity_derivative
 from fmmkit.losses.guidance import GuidanceConfig, drop_labels, guided_regression_target, guided_velocity
-from fmmkit.losses.times import TimeSampling, diagonal_count, stochastic_time_bounds
+from fmmkit.losses.times import DiagonalHeavyTimes, TimeSampling, diagonal_count, stochastic_time_bounds
 from fmmkit.losses.weighting import Weighting, WeightingConfig
+from fmmkit.moved import moved_getattr
+
+__getattr__ = moved_getattr(__name__)  # split_diagonal is split_batch
 
 
 @attrs.define(frozen=True)
@@ -38,13 +41,28 @@ class LossTables:
 
 
 @attrs.define(frozen=True)
-class TangentConfig(LossTables):
+class DerivativeTables(LossTables):
+    """The tables plus ``derivative``: how a loss differentiates the map, ``jvp`` (exact, forward-mode AD)
+    or ``finite_difference`` (float64 central differences)."""
+
+    derivative: str = attrs.field(default="jvp", validator=one_of(DERIVATIVE_METHODS))
+
+
+@attrs.define(frozen=True)
+class DistillationConfig(DerivativeTables):
+    """The config of the distillation losses (LMD, EMD): semigradient puts the stop-gradient on the part
+    of the residual through the teacher (X inside the teacher for LMD, the JVP term for EMD)."""
+
+    semigradient: bool = False
+
+
+@attrs.define(frozen=True)
+class TangentConfig(DerivativeTables):
     """A normalised, warmed-up tangent (AYF, sCM): tangent_norm c of g / (|g| + c) (0: off); warmup_steps
-    of the ramp r; derivative: jvp or finite_difference."""
+    of the ramp r."""
 
     tangent_norm: float = attrs.field(default=0.1, validator=non_negative)
     warmup_steps: int = attrs.field(default=1000, validator=non_negative)
-    derivative: str = attrs.field(default="jvp", validator=one_of(DERIVATIVE_METHODS))
 
 
 @dataclass
@@ -59,15 +77,16 @@ class Term:
     parts: dict[str, Tensor] = field(default_factory=dict)
 
 
+def terms_of_parts(parts: list[tuple[Batch, Callable[[Batch], Term]]]) -> list[Term]:
+    """``make(part)`` for each (part, make), in order, skipping empty parts (a batch split in two)."""
+    return [make(part) for part, make in parts if len(part)]
+
+
 def split_batch(batch: Batch, fraction: float) -> tuple[Batch, Batch]:
     """(first round(fraction * B) rows, the rest) of a batch."""
     n = diagonal_count(len(batch), fraction)
     first, rest = batch.split([n, len(batch) - n])
     return first, rest
-
-
-#: Kept under its first name for callers of the foundation code.
-split_diagonal = split_batch
 
 
 def normalized(g: Tensor, c: float) -> Tensor:
@@ -88,14 +107,6 @@ def semigradient_squares(v: Tensor, direction: Tensor) -> Tensor:
     return mean_squares(v - (v + direction).detach())
 
 
-def frozen_copy(model: nn.Module) -> nn.Module:
-    """A deep copy in eval mode with gradients off (a frozen teacher or EMA)."""
-    out = copy.deepcopy(model).eval()
-    for p in out.parameters():
-        p.requires_grad_(False)
-    return out
-
-
 def prefixed(prefix: str, state: dict[str, Any]) -> dict[str, Any]:
     """{prefix + key: value}."""
     return {prefix + k: v for k, v in state.items()}
@@ -106,8 +117,58 @@ def unprefixed(prefix: str, state: dict[str, Any]) -> dict[str, Any]:
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
+class HeldCopy:
+    """A frozen copy of the model that a loss keeps as state (PFMM's X', shortcut's EMA teacher).
+
+    ``model`` is None until the copy is made. A checkpoint's copy arrives through
+    :meth:`load_state_dict` before the loss has seen the model, so it waits as pending tensors and
+    becomes a copy the next time the model is at hand (:meth:`restored`, :meth:`get`); the state
+    saved is the copy's, or the pending tensors when it was never made, under ``prefix``.
+    """
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.model: FlowMap | None = None
+        self._pending: dict[str, Any] = {}
+
+    def restored(self, model: FlowMap) -> FlowMap | None:
+        """The copy, made from the pending checkpoint tensors if there are any (else as it is, maybe None)."""
+        if self._pending:
+            self.model = frozen_copy(model)  # type: ignore[assignment]
+            self.model.load_state_dict(self._pending)  # type: ignore[union-attr]
+            self._pending = {}
+        return self.model
+
+    def get(self, model: FlowMap) -> FlowMap:
+        """The copy, made from ``model`` on first use (or from a checkpoint's tensors)."""
+        copy = self.restored(model)
+        if copy is None:
+            copy = self.model = frozen_copy(model)  # type: ignore[assignment]
+        return copy  # type: ignore[return-value]
+
+    def snapshot(self, model: FlowMap) -> FlowMap:
+        """Set the copy to the model's current weights."""
+        if self.model is None:
+            return self.get(model)
+        self.model.load_state_dict(model.state_dict())
+        return self.model
+
+    def state_dict(self) -> dict[str, Any]:
+        return prefixed(self.prefix, self.model.state_dict() if self.model is not None else self._pending)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._pending = unprefixed(self.prefix, state)
+        self.model = None
+
+
 class FlowMapLoss(Loss):
-    """A loss made of per-sample terms: times, label dropout, guidance and weighting handled here."""
+    """A loss made of per-sample terms: times, label dropout, guidance and weighting handled here.
+
+    ``held_prefix``: a subclass that keeps a frozen copy of the model (``self.held``, a
+    :class:`HeldCopy`) names the prefix of its tensors in the loss's state.
+    """
+
+    held_prefix: str | None = None
 
     def __init__(self, config: Any, interpolant: Interpolant, num_classes: int | None = None) -> None:
         super().__init__(config, interpolant)
@@ -117,6 +178,8 @@ class FlowMapLoss(Loss):
         # resolved once: a compiled step must not build config objects on every call
         self.times = stochastic_time_bounds(getattr(config, "times", TimeSampling()), interpolant.stochastic)
         self.guidance: GuidanceConfig = getattr(config, "guidance", GuidanceConfig())
+        #: the frozen model copy the loss keeps as state, saved and restored with it (see ``held_prefix``)
+        self.held: HeldCopy | None = HeldCopy(self.held_prefix) if self.held_prefix else None
 
     @classmethod
     def build(cls, config: Any, ctx: BuildContext) -> FlowMapLoss:
@@ -146,12 +209,23 @@ class FlowMapLoss(Loss):
         """The regression target for v_{t,t}(I_t): dI_t/dt, guided when labels and a scale are given."""
         return guided_regression_target(model, path.x_t, path.t, path.dx_t, y, self.guidance.scale, self.num_classes)
 
+    def start(self, batch: Batch) -> tuple[Tensor, Tensor, Tensor]:
+        """(s, t, I_s) for a batch: pairs from :meth:`sample_pairs` and the start points I_s."""
+        s, t = self.sample_pairs(len(batch), batch.x1)
+        return s, t, self.draw(batch, s).x_t
+
     def teacher_start(self, batch: Batch, teacher: VelocityField | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """(s, t, I_s, b^_s(I_s)) for a batch: pairs s <= t, start points, the (guided) teacher there (no grad)."""
-        s, t = self.sample_pairs(len(batch), batch.x1)
-        x_s = self.draw(batch, s).x_t
+        s, t, x_s = self.start(batch)
         with torch.no_grad():
             return s, t, x_s, self.teacher_velocity(teacher, x_s, s, batch.y)
+
+    def teacher_eulerian_parts(self, model: FlowMap, batch: Batch,
+                               teacher: VelocityField | None) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """(s, t, b, v, T): :meth:`teacher_start`, then :meth:`eulerian_parts` along the teacher's b = b^_s(I_s)."""
+        s, t, x_s, b = self.teacher_start(batch, teacher)
+        v, transport = self.eulerian_parts(model, x_s, s, t, b, batch.y)
+        return s, t, b, v, transport
 
     def eulerian_parts(
         self, model: FlowMap, x: Tensor, s: Tensor, t: Tensor, b: Tensor, y: Tensor | None
@@ -194,25 +268,56 @@ class FlowMapLoss(Loss):
         return self.weighting.parameters()
 
     def state_dict(self) -> dict[str, Any]:
-        return prefixed("weighting.", self.weighting.state_dict())
+        held = self.held.state_dict() if self.held is not None else {}
+        return {**prefixed("weighting.", self.weighting.state_dict()), **held}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         weights = unprefixed("weighting.", state)
         if weights:
             self.weighting.load_state_dict(weights)
+        if self.held is not None:
+            self.held.load_state_dict(state)
+
+
+class DistillationLoss(FlowMapLoss):
+    """A loss that distils a frozen teacher velocity b^ (``[teacher]`` is required)."""
+
+    requires_teacher = True
 
 
 @attrs.define(frozen=True)
-class SelfDistillationConfig(LossTables):
-    """diagonal_fraction: eta, the share of the batch on s = t; derivative: jvp or finite_difference."""
+class SelfDistillationTables(LossTables):
+    """The tables of a self-distillation loss: eta, the share of the batch on s = t, is
+    ``[loss.times] diagonal_fraction`` (0.75 by default), as for every loss."""
 
-    diagonal_fraction: float = attrs.field(default=0.75, validator=unit_interval)
-    derivative: str = attrs.field(default="jvp", validator=one_of(DERIVATIVE_METHODS))
+    times: DiagonalHeavyTimes = attrs.field(factory=DiagonalHeavyTimes)
+
+    @classmethod
+    def migrate(cls, params: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+        """The former ``[loss] diagonal_fraction`` key, moved into ``[loss.times]`` with the share it
+        gave: eta on the diagonal plus ``times.diagonal_fraction`` of the rest (which used to stack)."""
+        if "diagonal_fraction" not in params:
+            return params, []
+        params = dict(params)
+        eta = params.pop("diagonal_fraction")
+        times = params.get("times", {})
+        if isinstance(times, dict):
+            inner = times.get("diagonal_fraction", 0.0)
+            numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (eta, inner))
+            params["times"] = {**times, "diagonal_fraction": eta + (1 - eta) * inner if numbers else eta}
+        return params, ["diagonal_fraction is deprecated; it is now [loss.times] diagonal_fraction, the one key for "
+                        "the share of the batch on s = t"]
+
+
+@attrs.define(frozen=True)
+class SelfDistillationConfig(SelfDistillationTables, DerivativeTables):
+    """times.diagonal_fraction: eta, the share of the batch on s = t; derivative: jvp or finite_difference."""
 
 
 class SelfDistillationLoss(FlowMapLoss):
     """eta * flow matching on the diagonal + (1 - eta) * an off-diagonal self-distillation term
-    (2505.18825, eq. 4.3): a fraction eta of each batch goes to the diagonal."""
+    (2505.18825, eq. 4.3): a fraction eta = ``times.diagonal_fraction`` of each batch goes to the
+    diagonal; the off-diagonal rows draw pairs with :meth:`sample_off_diagonal_pairs`."""
 
     Config = SelfDistillationConfig
 
@@ -220,11 +325,11 @@ class SelfDistillationLoss(FlowMapLoss):
     def off_diagonal_term(self, model: FlowMap, batch: Batch) -> Term:
         """The self-distillation residual on the off-diagonal part of the batch."""
 
+    def sample_off_diagonal_pairs(self, n: int, like: Tensor) -> tuple[Tensor, Tensor]:
+        """n pairs (s, t) for the off-diagonal rows (the diagonal share is already split off)."""
+        return self.times.sample_pairs(n, like.device, time_dtype(like), off_diagonal=True)
+
     def terms(self, model: FlowMap, batch: Batch, teacher: VelocityField | None, step: int) -> list[Term]:
-        diag, off = split_batch(batch, self.config.diagonal_fraction)
-        out = []
-        if len(diag):
-            out.append(self.flow_matching_term(model, diag, "diagonal"))
-        if len(off):
-            out.append(self.off_diagonal_term(model, off))
-        return out
+        diag, off = split_batch(batch, self.times.diagonal_fraction)
+        return terms_of_parts([(diag, lambda rows: self.flow_matching_term(model, rows, "diagonal")),
+                               (off, lambda rows: self.off_diagonal_term(model, rows))])

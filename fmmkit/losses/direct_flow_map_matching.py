@@ -18,26 +18,25 @@ import attrs
 from fmmkit.core import Batch, FlowMap, VelocityField
 from fmmkit.core.shapes import mean_squares
 from fmmkit.core.validators import non_negative, one_of
-from fmmkit.core.derivatives import DERIVATIVE_METHODS, time_derivative
+from fmmkit.core.derivatives import time_derivative
 from fmmkit.hookspecs import hookimpl
-from fmmkit.losses.base import FlowMapLoss, LossTables, Term
-from fmmkit.losses.times import PAIR_ORDERS, TimeSampling
+from fmmkit.losses.base import DerivativeTables, FlowMapLoss, Term
+from fmmkit.losses.times import TIME_ORDERS, TimeSampling
 
 
 @attrs.define(frozen=True)
 class BothOrders(TimeSampling):
     """Time sampling with pairs in both orders by default (the objective needs X_{t,s} and X_{s,t})."""
 
-    order: str = attrs.field(default="both", validator=one_of(PAIR_ORDERS))
+    order: str = attrs.field(default="both", validator=one_of(TIME_ORDERS))
 
 
 @attrs.define(frozen=True)
-class DirectFlowMapMatchingConfig(LossTables):
+class DirectFlowMapMatchingConfig(DerivativeTables):
     """invertibility_weight: lambda; derivative: jvp or finite_difference; times (both orders by default)."""
 
     times: BothOrders = attrs.field(factory=BothOrders)
     invertibility_weight: float = attrs.field(default=1.0, validator=non_negative)
-    derivative: str = attrs.field(default="jvp", validator=one_of(DERIVATIVE_METHODS))
 
 
 class DirectFlowMapMatching(FlowMapLoss):

@@ -16,33 +16,20 @@ map of b^ the residual vanishes.
 
 from __future__ import annotations
 
-import attrs
 
 from fmmkit.core import Batch, FlowMap, VelocityField
 from fmmkit.core.shapes import mean_squares
-from fmmkit.core.validators import one_of
-from fmmkit.core.derivatives import DERIVATIVE_METHODS
 from fmmkit.hookspecs import hookimpl
-from fmmkit.losses.base import FlowMapLoss, LossTables, Term, semigradient_squares
+from fmmkit.losses.base import DistillationConfig, DistillationLoss, Term, semigradient_squares
 
 
-@attrs.define(frozen=True)
-class EulerianDistillationConfig(LossTables):
-    """semigradient: stop-gradient on the JVP term; derivative: jvp or finite_difference."""
-
-    semigradient: bool = False
-    derivative: str = attrs.field(default="jvp", validator=one_of(DERIVATIVE_METHODS))
-
-
-class EulerianDistillation(FlowMapLoss):
+class EulerianDistillation(DistillationLoss):
     """|d/ds X_{s,t}(I_s) + grad_x X_{s,t}(I_s) b^_s(I_s)|^2 against a frozen teacher b^."""
 
-    Config = EulerianDistillationConfig
-    requires_teacher = True
+    Config = DistillationConfig
 
     def terms(self, model: FlowMap, batch: Batch, teacher: VelocityField | None, step: int) -> list[Term]:
-        s, t, x_s, b = self.teacher_start(batch, teacher)
-        v, transport = self.eulerian_parts(model, x_s, s, t, b, batch.y)
+        s, t, b, v, transport = self.teacher_eulerian_parts(model, batch, teacher)
         if self.config.semigradient:
             values = semigradient_squares(v, b - v + transport.detach())
         else:

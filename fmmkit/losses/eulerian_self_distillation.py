@@ -26,7 +26,7 @@ class EulerianSelfDistillation(SelfDistillationLoss):
 
     def off_diagonal_term(self, model: FlowMap, batch: Batch) -> Term:
         """Per-sample |d/ds X_{s,t}(I_s) + sg(grad_x X_{s,t}(I_s) v_{s,s}(I_s))|^2 (B,)."""
-        s, t = self.sample_pairs(len(batch), batch.x1)
+        s, t = self.sample_off_diagonal_pairs(len(batch), batch.x1)
         x_s = self.draw(batch, s).x_t
         method = self.config.derivative
         _, ds_x = directional_derivative(model, x_s, s, t, (None, torch.ones_like(s), None), y=batch.y, method=method)

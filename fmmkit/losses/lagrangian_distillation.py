@@ -10,33 +10,21 @@ residual vanishes, so the minimum is 0.
 
 from __future__ import annotations
 
-import attrs
 
 from fmmkit.core import Batch, FlowMap, VelocityField
 from fmmkit.core.shapes import mean_squares
-from fmmkit.core.validators import one_of
-from fmmkit.core.derivatives import DERIVATIVE_METHODS, time_derivative
+from fmmkit.core.derivatives import time_derivative
 from fmmkit.hookspecs import hookimpl
-from fmmkit.losses.base import FlowMapLoss, LossTables, Term
+from fmmkit.losses.base import DistillationConfig, DistillationLoss, Term
 
 
-@attrs.define(frozen=True)
-class LagrangianDistillationConfig(LossTables):
-    """semigradient: stop-gradient on X inside the teacher; derivative: jvp or finite_difference."""
-
-    semigradient: bool = False
-    derivative: str = attrs.field(default="jvp", validator=one_of(DERIVATIVE_METHODS))
-
-
-class LagrangianDistillation(FlowMapLoss):
+class LagrangianDistillation(DistillationLoss):
     """|d/dt X_{s,t}(I_s) - b^_t(X_{s,t}(I_s))|^2 against a frozen teacher b^."""
 
-    Config = LagrangianDistillationConfig
-    requires_teacher = True
+    Config = DistillationConfig
 
     def terms(self, model: FlowMap, batch: Batch, teacher: VelocityField | None, step: int) -> list[Term]:
-        s, t = self.sample_pairs(len(batch), batch.x1)
-        x_s = self.draw(batch, s).x_t
+        s, t, x_s = self.start(batch)
         x_st, dt_x_st = time_derivative(model, x_s, s, t, y=batch.y, method=self.config.derivative)
         teacher_input = x_st.detach() if self.config.semigradient else x_st
         target = self.teacher_velocity(teacher, teacher_input, t, batch.y)

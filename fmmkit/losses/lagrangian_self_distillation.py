@@ -18,9 +18,9 @@ from fmmkit.core import Batch, FlowMap
 from fmmkit.core.shapes import mean_squares
 from fmmkit.core.derivatives import time_derivative
 from fmmkit.hookspecs import hookimpl
-from fmmkit.losses.base import SelfDistillationConfig, SelfDistillationLoss, Term, split_diagonal
+from fmmkit.losses.base import SelfDistillationConfig, SelfDistillationLoss, Term
 
-__all__ = ["LagrangianSelfDistillation", "SelfDistillationConfig", "split_diagonal"]
+__all__ = ["LagrangianSelfDistillation", "SelfDistillationConfig"]
 
 
 class LagrangianSelfDistillation(SelfDistillationLoss):
@@ -30,7 +30,7 @@ class LagrangianSelfDistillation(SelfDistillationLoss):
 
     def off_diagonal_term(self, model: FlowMap, batch: Batch) -> Term:
         """Per-sample |d/dt X_{s,t}(I_s) - sg(v_{t,t}(sg X_{s,t}(I_s)))|^2 (B,)."""
-        s, t = self.sample_pairs(len(batch), batch.x1)
+        s, t = self.sample_off_diagonal_pairs(len(batch), batch.x1)
         x_s = self.draw(batch, s).x_t
         x_st, dt_x_st = time_derivative(model, x_s, s, t, y=batch.y, method=self.config.derivative)
         with torch.no_grad():

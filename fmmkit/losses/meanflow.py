@@ -29,19 +29,11 @@ import attrs
 
 from fmmkit.core import Batch, FlowMap, VelocityField
 from fmmkit.core.shapes import mean_squares
-from fmmkit.core.validators import one_of, unit_interval
-from fmmkit.core.derivatives import DERIVATIVE_METHODS
 from fmmkit.hookspecs import hookimpl
-from fmmkit.losses.base import FlowMapLoss, LossTables, Term
-from fmmkit.losses.times import TimeSampling
+from fmmkit.losses.base import DerivativeTables, FlowMapLoss, Term
+from fmmkit.losses.times import DiagonalHeavyTimes
 from fmmkit.losses.weighting import WeightingConfig
-
-
-@attrs.define(frozen=True)
-class MeanFlowTimes(TimeSampling):
-    """Time sampling with MeanFlow's default share of s = t pairs (75%)."""
-
-    diagonal_fraction: float = attrs.field(default=0.75, validator=unit_interval)
+from fmmkit.moved import moved_getattr
 
 
 def _adaptive() -> WeightingConfig:
@@ -49,12 +41,11 @@ def _adaptive() -> WeightingConfig:
 
 
 @attrs.define(frozen=True)
-class MeanFlowConfig(LossTables):
+class MeanFlowConfig(DerivativeTables):
     """derivative: jvp or finite_difference; times (diagonal_fraction 0.75); weighting (adaptive, p = 1)."""
 
-    times: MeanFlowTimes = attrs.field(factory=MeanFlowTimes)
+    times: DiagonalHeavyTimes = attrs.field(factory=DiagonalHeavyTimes)
     weighting: WeightingConfig = attrs.field(factory=_adaptive)
-    derivative: str = attrs.field(default="jvp", validator=one_of(DERIVATIVE_METHODS))
 
 
 class MeanFlow(FlowMapLoss):
@@ -68,6 +59,9 @@ class MeanFlow(FlowMapLoss):
         velocity = self.velocity_target(model, path, batch.y).detach()
         v, transport = self.eulerian_parts(model, path.x_t, s, t, velocity, batch.y)
         return [Term("meanflow", mean_squares(v - (velocity + transport).detach()), s, t)]
+
+
+__getattr__ = moved_getattr(__name__)  # MeanFlowTimes is fmmkit.losses.times.DiagonalHeavyTimes
 
 
 @hookimpl

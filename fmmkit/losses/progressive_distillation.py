@@ -17,7 +17,6 @@ law; in round 0 it is the O(h^2) error of two Euler steps.
 
 from __future__ import annotations
 
-from typing import Any
 
 import attrs
 import torch
@@ -27,7 +26,7 @@ from fmmkit.core import Batch, FlowMap, VelocityField
 from fmmkit.core.shapes import broadcast_time, mean_squares
 from fmmkit.core.validators import positive
 from fmmkit.hookspecs import hookimpl
-from fmmkit.losses.base import FlowMapLoss, LossTables, Term, frozen_copy, prefixed, unprefixed
+from fmmkit.losses.base import DistillationLoss, LossTables, Term
 
 
 @attrs.define(frozen=True)
@@ -38,16 +37,11 @@ class ProgressiveDistillationConfig(LossTables):
     steps_per_round: int = attrs.field(default=500, validator=positive)
 
 
-class ProgressiveDistillation(FlowMapLoss):
+class ProgressiveDistillation(DistillationLoss):
     """|X_{s,t}(I_s) - X'_{u,t}(X'_{s,u}(I_s))|^2 with a frozen X' refreshed every round."""
 
     Config = ProgressiveDistillationConfig
-    requires_teacher = True
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.frozen: FlowMap | None = None
-        self._pending: dict[str, Tensor] = {}
+    held_prefix = "frozen."
 
     def round(self, step: int) -> int:
         """The round of training step ``step``."""
@@ -57,22 +51,13 @@ class ProgressiveDistillation(FlowMapLoss):
         """h_r = 2^(r - rounds + 1), at most 1."""
         return 2.0 ** min(0, self.round(step) - self.config.rounds + 1)
 
-    def _snapshot(self, model: FlowMap) -> None:
-        if self.frozen is None:
-            self.frozen = frozen_copy(model)  # type: ignore[assignment]
-        else:
-            self.frozen.load_state_dict(model.state_dict())
-
     def _frozen_map(self, model: FlowMap, step: int) -> FlowMap | None:
         """X' for this step: restored from a checkpoint, or the student copied at the last round's end
         (taken now if this loss never saw that moment); None in round 0 (the teacher's Euler step)."""
-        if self._pending:
-            self.frozen = frozen_copy(model)  # type: ignore[assignment]
-            self.frozen.load_state_dict(self._pending)
-            self._pending = {}
-        if self.frozen is None and self.round(step) >= 1:
-            self._snapshot(model)
-        return self.frozen
+        frozen = self.held.restored(model)
+        if frozen is None and self.round(step) >= 1:
+            frozen = self.held.snapshot(model)
+        return frozen
 
     def _pairs(self, n: int, like: Tensor, h: float) -> tuple[Tensor, Tensor]:
         times = self.times
@@ -98,17 +83,7 @@ class ProgressiveDistillation(FlowMapLoss):
 
     def on_step_end(self, model: FlowMap, step: int) -> None:
         if (step + 1) % self.config.steps_per_round == 0:
-            self._snapshot(model)
-
-    def state_dict(self) -> dict[str, Any]:
-        state = super().state_dict()
-        frozen = self.frozen.state_dict() if self.frozen is not None else self._pending
-        return {**state, **prefixed("frozen.", frozen)}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        self._pending = unprefixed("frozen.", state)
-        self.frozen = None
+            self.held.snapshot(model)
 
 
 @hookimpl

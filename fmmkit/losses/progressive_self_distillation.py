@@ -17,18 +17,17 @@ import torch
 
 from fmmkit.core import Batch, FlowMap
 from fmmkit.core.shapes import broadcast_time, mean_squares
-from fmmkit.core.validators import one_of, unit_interval
+from fmmkit.core.validators import one_of
 from fmmkit.hookspecs import hookimpl
-from fmmkit.losses.base import LossTables, SelfDistillationLoss, Term
+from fmmkit.losses.base import SelfDistillationLoss, SelfDistillationTables, Term
 
 SPLITS = ("uniform", "midpoint")
 
 
 @attrs.define(frozen=True)
-class ProgressiveSelfDistillationConfig(LossTables):
-    """diagonal_fraction: eta; split: "uniform" (PSD-U, g ~ U[0, 1]) or "midpoint" (PSD-M, g = 1/2)."""
+class ProgressiveSelfDistillationConfig(SelfDistillationTables):
+    """times.diagonal_fraction: eta; split: "uniform" (PSD-U, g ~ U[0, 1]) or "midpoint" (PSD-M, g = 1/2)."""
 
-    diagonal_fraction: float = attrs.field(default=0.75, validator=unit_interval)
     split: str = attrs.field(default="uniform", validator=one_of(SPLITS))
 
 
@@ -39,7 +38,7 @@ class ProgressiveSelfDistillation(SelfDistillationLoss):
 
     def off_diagonal_term(self, model: FlowMap, batch: Batch) -> Term:
         """Per-sample |v_{s,t}(I_s) - sg[(1 - g) v_{s,u}(I_s) + g v_{u,t}(X_{s,u}(I_s))]|^2 (B,)."""
-        s, t = self.sample_pairs(len(batch), batch.x1)
+        s, t = self.sample_off_diagonal_pairs(len(batch), batch.x1)
         x_s = self.draw(batch, s).x_t
         g = torch.rand_like(s) if self.config.split == "uniform" else torch.full_like(s, 0.5)
         u = g * s + (1 - g) * t

@@ -20,7 +20,6 @@ the conditional variance.
 
 from __future__ import annotations
 
-from typing import Any
 
 import attrs
 import torch
@@ -30,7 +29,7 @@ from fmmkit.core.flow_map import time_dtype
 from fmmkit.core.shapes import broadcast_time, mean_squares
 from fmmkit.core.validators import in_range, non_negative, positive, unit_interval
 from fmmkit.hookspecs import hookimpl
-from fmmkit.losses.base import FlowMapLoss, LossTables, Term, frozen_copy, prefixed, split_batch, unprefixed
+from fmmkit.losses.base import FlowMapLoss, LossTables, Term, split_batch, terms_of_parts
 
 
 @attrs.define(frozen=True)
@@ -49,22 +48,11 @@ class Shortcut(FlowMapLoss):
     """Flow matching plus the dyadic self-consistency target of shortcut models."""
 
     Config = ShortcutConfig
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.ema: FlowMap | None = None
-        self._pending: dict[str, torch.Tensor] = {}
+    held_prefix = "ema."
 
     def target_model(self, model: FlowMap) -> FlowMap:
         """The map that builds targets: the EMA (created from the model on first use) or the model."""
-        if self.config.ema_decay <= 0:
-            return model
-        if self.ema is None:
-            self.ema = frozen_copy(model)  # type: ignore[assignment]
-            if self._pending:
-                self.ema.load_state_dict(self._pending)
-                self._pending = {}
-        return self.ema
+        return model if self.config.ema_decay <= 0 else self.held.get(model)  # type: ignore[union-attr]
 
     def bootstrap_term(self, model: FlowMap, batch: Batch) -> Term:
         """Per-sample |v_{t,t+2d}(I_t) - sg(1/2 [v_{t,t+d} + v_{t+d,t+2d}(x + d v_{t,t+d})])|^2."""
@@ -89,12 +77,8 @@ class Shortcut(FlowMapLoss):
 
     def terms(self, model: FlowMap, batch: Batch, teacher: VelocityField | None, step: int) -> list[Term]:
         boot, flow = split_batch(batch, self.config.bootstrap_fraction)
-        out = []
-        if len(flow):
-            out.append(self.flow_matching_term(model, flow, "flow_matching"))
-        if len(boot):
-            out.append(self.bootstrap_term(model, boot))
-        return out
+        return terms_of_parts([(flow, lambda rows: self.flow_matching_term(model, rows, "flow_matching")),
+                               (boot, lambda rows: self.bootstrap_term(model, rows))])
 
     def on_step_end(self, model: FlowMap, step: int) -> None:
         if self.config.ema_decay <= 0:
@@ -105,15 +89,6 @@ class Shortcut(FlowMapLoss):
                 e.lerp_(p, 1 - self.config.ema_decay)
             for e, b in zip(ema.buffers(), model.buffers()):
                 e.copy_(b)
-
-    def state_dict(self) -> dict[str, Any]:
-        ema = self.ema.state_dict() if self.ema is not None else self._pending
-        return {**super().state_dict(), **prefixed("ema.", ema)}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        self._pending = unprefixed("ema.", state)
-        self.ema = None
 
 
 @hookimpl

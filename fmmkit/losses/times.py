@@ -6,24 +6,44 @@ A spec chooses them in the nested table ``[loss.times]``:
   sigmoid(logit_mean + logit_std n), n ~ N(0, 1), as in SD3 and MeanFlow); ``discrete`` (t uniform on
   the grid t_min + k (t_max - t_min) / grid_size, k = 0..grid_size, as in discrete-time distillation).
 - pairs (s, t) are two independent draws, sorted for ``order = "forward"`` (s <= t: uniform on the
-  triangle for ``uniform``) or left as drawn for ``order = "both"`` (maps backwards in time too).
-- ``diagonal_fraction``: the share of pairs with s = t (MeanFlow's "fraction of r = t"); those rows are
-  the first round(fraction * n) of the batch (batch rows are exchangeable).
+  triangle for ``uniform``) or left as drawn for ``order = "both"`` (maps backwards in time too);
+  ``TIME_ORDERS`` is the one vocabulary of time order, here and in :mod:`fmmkit.verification`.
+- ``diagonal_fraction``: the share of the batch on s = t, the one key for it in every loss (the
+  self-distillation losses' eta, MeanFlow's "fraction of r = t"); those rows are the first
+  round(fraction * n) of the batch (batch rows are exchangeable).
 
-A loss whose defaults differ (MeanFlow's diagonal share, direct FMM's order) declares a subclass that
-overrides the field, so that a partial ``[loss.times]`` table keeps the loss's other defaults.
+A loss whose defaults differ (the diagonal share of the self-distillation losses and MeanFlow,
+direct FMM's order) declares a subclass that overrides the field, so that a partial
+``[loss.times]`` table keeps the loss's other defaults.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import attrs
 import torch
 from torch import Tensor
 
 from fmmkit.core.validators import SpecValueError, non_negative, one_of, positive, unit_interval
+from fmmkit.moved import moved_getattr
 
 TIME_DISTRIBUTIONS = ("uniform", "logit_normal", "discrete")
-PAIR_ORDERS = ("forward", "both")
+#: "forward": s <= t (s <= u <= t for triples); "both": any order, maps backwards in time too.
+TIME_ORDERS = ("forward", "both")
+
+__getattr__ = moved_getattr(__name__)  # PAIR_ORDERS is TIME_ORDERS
+
+
+def time_order(order: str) -> str:
+    """``order`` checked against TIME_ORDERS ("any", its former second name, is "both" with a DeprecationWarning)."""
+    if order == "any":
+        warnings.warn('time order "any" is deprecated and will be removed in fmmkit 0.2; use "both"',
+                      DeprecationWarning, stacklevel=3)
+        return "both"
+    if order not in TIME_ORDERS:
+        raise ValueError(f"order must be one of {TIME_ORDERS}, got {order!r}")
+    return order
 
 
 @attrs.define(frozen=True)
@@ -36,7 +56,7 @@ class TimeSampling:
     distribution: str = attrs.field(default="uniform", validator=one_of(TIME_DISTRIBUTIONS))
     t_min: float = attrs.field(default=0.0, validator=unit_interval)
     t_max: float = attrs.field(default=1.0, validator=unit_interval)
-    order: str = attrs.field(default="forward", validator=one_of(PAIR_ORDERS))
+    order: str = attrs.field(default="forward", validator=one_of(TIME_ORDERS))
     logit_mean: float = 0.0
     logit_std: float = attrs.field(default=1.0, validator=positive)
     grid_size: int = attrs.field(default=0, validator=non_negative)
@@ -63,16 +83,25 @@ class TimeSampling:
         return self.t_min + (self.t_max - self.t_min) * self.unit(n, device, dtype)
 
     def sample_pairs(
-        self, n: int, device: torch.device | str, dtype: torch.dtype = torch.float32
+        self, n: int, device: torch.device | str, dtype: torch.dtype = torch.float32, *, off_diagonal: bool = False
     ) -> tuple[Tensor, Tensor]:
         """n pairs (s, t), each (n,): s <= t for ``forward``, any order for ``both``; the first
-        round(diagonal_fraction * n) pairs have s = t."""
+        round(diagonal_fraction * n) pairs have s = t, unless ``off_diagonal`` (the rows of a batch
+        whose diagonal share a loss already split off)."""
         a, b = self.sample(n, device, dtype), self.sample(n, device, dtype)
         s, t = (torch.minimum(a, b), torch.maximum(a, b)) if self.order == "forward" else (a, b)
-        n_diag = diagonal_count(n, self.diagonal_fraction)
+        n_diag = 0 if off_diagonal else diagonal_count(n, self.diagonal_fraction)
         if n_diag:
             s = torch.cat([t[:n_diag], s[n_diag:]])
         return s, t
+
+
+@attrs.define(frozen=True)
+class DiagonalHeavyTimes(TimeSampling):
+    """Time sampling with 75% of the batch on s = t: the default of the self-distillation losses
+    (eta = 0.75, 2505.18825) and of MeanFlow (its "fraction of r = t" of 0.75)."""
+
+    diagonal_fraction: float = attrs.field(default=0.75, validator=unit_interval)
 
 
 def diagonal_count(n: int, fraction: float) -> int:

@@ -21,12 +21,10 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from fmmkit.core import BuildContext
-from fmmkit.core.validators import SpecValueError, non_negative, one_of, positive, unit_interval
+from fmmkit.core.validators import SpecValueError, one_of, positive
 from fmmkit.hookspecs import hookimpl
-from fmmkit.nets.conditioning import BackboneConfigError, ConditionEmbedding, image_shape, zero_
-from fmmkit.nets.attention import AttentionBackbone, SelfAttention, resolve_backends
-from fmmkit.nets.embeddings import TIME_EMBEDDINGS, TIME_PAIRS
+from fmmkit.nets.conditioning import BackboneConfigError, ImageBackbone, ImageBackboneConfig, zero_
+from fmmkit.nets.attention import SelfAttention
 
 #: size -> (depth, hidden size, heads)
 DIT_SIZES: dict[str, tuple[int, int, int]] = {"S": (12, 384, 6), "B": (12, 768, 12), "L": (24, 1024, 16),
@@ -35,7 +33,7 @@ DIT_PRESETS: tuple[str, ...] = tuple(f"{size}/{patch}" for size in DIT_SIZES for
 
 
 @attrs.define(frozen=True)
-class DiTConfig:
+class DiTConfig(ImageBackboneConfig):
     """preset (S/B/L/XL with patch 2/4/8) and optional overrides; MLP ratio; time embedding; label
     dropout; attention backends of ordinary and derivative passes."""
 
@@ -45,20 +43,13 @@ class DiTConfig:
     num_heads: int | None = attrs.field(default=None, validator=positive)
     patch_size: int | None = attrs.field(default=None, validator=positive)
     mlp_ratio: float = attrs.field(default=4.0, validator=positive)
-    time_embedding: str = attrs.field(default="sinusoidal", validator=one_of(TIME_EMBEDDINGS))
-    time_pair: str = attrs.field(default="s_t", validator=one_of(TIME_PAIRS))
-    time_dim: int = attrs.field(default=128, validator=positive)
-    label_dropout: float = attrs.field(default=0.0, validator=[non_negative, unit_interval])
-    attention: str = "sdpa"
-    forward_ad_attention: str = "forward_ad"
 
     def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
         if self.resolved_hidden % self.resolved_heads:
             raise SpecValueError("num_heads", f"must divide hidden_size = {self.resolved_hidden}, got {self.resolved_heads}")
         if self.resolved_hidden % 4:
             raise SpecValueError("hidden_size", f"must be a multiple of 4 (2D sine-cosine positions), got {self.resolved_hidden}")
-        if self.time_dim % 2:
-            raise SpecValueError("time_dim", f"must be even, got {self.time_dim}")
 
     @property
     def resolved_depth(self) -> int:
@@ -111,17 +102,13 @@ class DiTBlock(nn.Module):
         return x + gate2[:, None, :] * self.mlp(_modulate(self.norm2(x), shift2, scale2))
 
 
-class DiT(AttentionBackbone):
+class DiT(ImageBackbone):
     """v(x, s, t, y) for images x (B, C, H, W) by a transformer over p x p patches."""
 
     Config = DiTConfig
+    kind = "dit"
 
-    def __init__(self, config: DiTConfig, shape: tuple[int, ...], num_classes: int | None = None,
-                 ctx: BuildContext | None = None) -> None:
-        super().__init__()
-        self.config = config
-        cin, height, width = image_shape(shape, "dit")
-        self.shape = (cin, height, width)
+    def make_layers(self, config: DiTConfig, cin: int, height: int, width: int) -> None:  # type: ignore[override]
         p, hidden = config.resolved_patch, config.resolved_hidden
         if height % p or width % p:
             raise BackboneConfigError(
@@ -130,12 +117,10 @@ class DiT(AttentionBackbone):
             )
         self.patch = p
         self.grid = (height // p, width // p)
-        backends = resolve_backends(config, ctx)
         self.embed = nn.Conv2d(cin, hidden, p, stride=p)
         self.register_buffer("positions", sincos_positions(hidden, *self.grid)[None], persistent=False)
-        self.cond = ConditionEmbedding(hidden, config.time_dim, config.time_embedding, config.time_pair,
-                                       num_classes, config.label_dropout)
-        self.blocks = nn.ModuleList(DiTBlock(hidden, config.resolved_heads, config.mlp_ratio, backends)
+        self.cond = self.condition(hidden)
+        self.blocks = nn.ModuleList(DiTBlock(hidden, config.resolved_heads, config.mlp_ratio, self.backends)
                                     for _ in range(config.resolved_depth))
         self.final_norm = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
         self.final_modulation = zero_(nn.Linear(hidden, 2 * hidden))
@@ -161,7 +146,7 @@ class DiT(AttentionBackbone):
         return torch.einsum("bhwpqc->bchpwq", x).reshape(b, c, gh * p, gw * p)
 
     def forward(self, x: Tensor, s: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
-        assert x.shape[1:] == self.shape, f"dit expects images of shape {self.shape}, got {tuple(x.shape[1:])}"
+        self.check_input(x)
         c = self.cond(s, t, y)  # (B, hidden), float32 (float64 for float64 times)
         h = self.embed(x).flatten(2).transpose(1, 2) + self.positions.to(x.dtype)  # (B, N, hidden)
         for block in self.blocks:

@@ -21,16 +21,14 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from fmmkit.core import BuildContext
-from fmmkit.core.validators import SpecValueError, each, non_negative, one_of, positive, unit_interval
+from fmmkit.core.validators import SpecValueError, each, positive, unit_interval
 from fmmkit.hookspecs import hookimpl
-from fmmkit.nets.conditioning import BackboneConfigError, ConditionEmbedding, image_shape, zero_
-from fmmkit.nets.attention import AttentionBackbone, SelfAttention, resolve_backends
-from fmmkit.nets.embeddings import TIME_EMBEDDINGS, TIME_PAIRS
+from fmmkit.nets.conditioning import BackboneConfigError, ImageBackbone, ImageBackboneConfig, zero_
+from fmmkit.nets.attention import SelfAttention
 
 
 @attrs.define(frozen=True)
-class UNetConfig:
+class UNetConfig(ImageBackboneConfig):
     """Widths (channels x channel_mult per level), blocks per level, attention resolutions and heads,
     dropout, GroupNorm groups, time embedding (kind, pair, width per time), label dropout, and the
     attention backends of ordinary and derivative passes."""
@@ -43,20 +41,13 @@ class UNetConfig:
     num_heads: int = attrs.field(default=4, validator=positive)
     dropout: float = attrs.field(default=0.1, validator=unit_interval)
     groups: int = attrs.field(default=32, validator=positive)
-    time_embedding: str = attrs.field(default="sinusoidal", validator=one_of(TIME_EMBEDDINGS))
-    time_pair: str = attrs.field(default="s_t", validator=one_of(TIME_PAIRS))
-    time_dim: int = attrs.field(default=128, validator=positive)
-    label_dropout: float = attrs.field(default=0.0, validator=[non_negative, unit_interval])
-    attention: str = "sdpa"
-    forward_ad_attention: str = "forward_ad"
 
     def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
         if not self.channel_mult:
             raise SpecValueError("channel_mult", "needs at least one level, e.g. [1, 2, 2, 2]")
         if self.channels % self.groups:
             raise SpecValueError("groups", f"must divide channels = {self.channels}, got {self.groups}")
-        if self.time_dim % 2:
-            raise SpecValueError("time_dim", f"must be even, got {self.time_dim}")
         for m in self.channel_mult:
             if (self.channels * m) % self.num_heads:
                 raise SpecValueError("num_heads", f"must divide every level width channels * mult, got {self.num_heads}")
@@ -129,28 +120,23 @@ class Stage(nn.ModuleList):
         return h
 
 
-class UNet(AttentionBackbone):
+class UNet(ImageBackbone):
     """v(x, s, t, y) for images x (B, C, H, W); see the module docstring for the layout."""
 
     Config = UNetConfig
+    kind = "unet"
 
-    def __init__(self, config: UNetConfig, shape: tuple[int, ...], num_classes: int | None = None,
-                 ctx: BuildContext | None = None) -> None:
-        super().__init__()
-        self.config = config
-        cin, height, width = image_shape(shape, "unet")
-        self.shape = (cin, height, width)
+    def make_layers(self, config: UNetConfig, cin: int, height: int, width: int) -> None:  # type: ignore[override]
         levels = len(config.channel_mult)
         if height % 2 ** (levels - 1) or width % 2 ** (levels - 1):
             raise BackboneConfigError(
                 f"model.channel_mult: {levels} levels halve the image {levels - 1} times, which needs H and W "
                 f"divisible by {2 ** (levels - 1)}; the data is {height}x{width}: use fewer levels or resize the data"
             )
-        backends = resolve_backends(config, ctx)
+        backends = self.backends
         ch, groups, heads = config.channels, config.groups, config.num_heads
         cond_dim = 4 * ch
-        self.cond = ConditionEmbedding(cond_dim, config.time_dim, config.time_embedding, config.time_pair,
-                                       num_classes, config.label_dropout)
+        self.cond = self.condition(cond_dim)
 
         def res(a: int, b: int) -> ResBlock:
             return ResBlock(a, b, cond_dim, groups, config.dropout)
@@ -191,7 +177,7 @@ class UNet(AttentionBackbone):
         self.out = nn.Sequential(nn.GroupNorm(groups, width_now), nn.SiLU(), zero_(nn.Conv2d(width_now, cin, 3, padding=1)))
 
     def forward(self, x: Tensor, s: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
-        assert x.shape[1:] == self.shape, f"unet expects images of shape {self.shape}, got {tuple(x.shape[1:])}"
+        self.check_input(x)
         c = self.cond(s, t, y)  # (B, 4 channels), float32 (float64 for float64 times)
         h = self.conv_in(x)
         hs = [h]

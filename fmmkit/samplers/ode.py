@@ -166,32 +166,19 @@ class FixedStepSampler(Sampler):
         return SampleResult(x=x, nfe=self.nfe, trajectory=traj)
 
 
-class Euler(FixedStepSampler):
-    """x <- x + h b_t(x): first order, 1 evaluation per step."""
-
-    tableau = EULER_TABLEAU
-    name = "euler"
-
-
-class Heun(FixedStepSampler):
-    """Explicit trapezoid (Heun's method): second order, 2 evaluations per step."""
-
-    tableau = HEUN_TABLEAU
-    name = "heun"
+def fixed_step_sampler(class_name: str, name: str, tableau: ButcherTableau, doc: str) -> type[FixedStepSampler]:
+    """A FixedStepSampler subclass running ``tableau``, registered as ``name``."""
+    return type(class_name, (FixedStepSampler,), {"tableau": tableau, "name": name, "__doc__": doc,
+                                                  "__module__": __name__})
 
 
-class Midpoint(FixedStepSampler):
-    """Explicit midpoint: x <- x + h b_{t+h/2}(x + h/2 b_t(x)); second order, 2 evaluations per step."""
-
-    tableau = MIDPOINT_TABLEAU
-    name = "midpoint"
-
-
-class RK4(FixedStepSampler):
-    """Classical Runge-Kutta: fourth order, 4 evaluations per step."""
-
-    tableau = RK4_TABLEAU
-    name = "rk4"
+Euler = fixed_step_sampler("Euler", "euler", EULER_TABLEAU, "x <- x + h b_t(x): first order, 1 evaluation per step.")
+Heun = fixed_step_sampler("Heun", "heun", HEUN_TABLEAU,
+                          "Explicit trapezoid (Heun's method): second order, 2 evaluations per step.")
+Midpoint = fixed_step_sampler("Midpoint", "midpoint", MIDPOINT_TABLEAU, "Explicit midpoint: x <- x + h b_{t+h/2}(x + "
+                              "h/2 b_t(x)); second order, 2 evaluations per step.")
+RK4 = fixed_step_sampler("RK4", "rk4", RK4_TABLEAU, "Classical Runge-Kutta: fourth order, 4 evaluations per step.")
+FIXED_STEP_SAMPLERS = (Euler, Heun, Midpoint, RK4)
 
 
 @attrs.define(frozen=True)
@@ -303,8 +290,6 @@ class Dopri5(Sampler):
 
 @hookimpl
 def register_samplers(register) -> None:  # type: ignore[no-untyped-def]
-    register("euler", Euler)
-    register("heun", Heun)
-    register("midpoint", Midpoint)
-    register("rk4", RK4)
+    for sampler in FIXED_STEP_SAMPLERS:
+        register(sampler.name, sampler)
     register("dopri5", Dopri5)

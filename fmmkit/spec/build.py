@@ -35,3 +35,19 @@ def build_model(spec: Spec, data: DataSource, registry: Registry) -> FlowMap:
     """The flow map X_{s,t} = x + (t - s) v_{s,t} around the spec's backbone (``[model]``)."""
     backbone = registry.build("backbone", spec.model.kind, spec.model.config, data_context(data))
     return FlowMap(backbone)
+
+
+#: Backbone config keys that name an attention backend (a registered component too).
+ATTENTION_KEYS = ("attention", "forward_ad_attention")
+
+
+def spec_components(spec: Spec) -> list[tuple[str, str]]:
+    """(kind, name) of every registered component the spec uses, in spec order, without repeats."""
+    named = [("dataset", spec.data.kind), ("interpolant", spec.interpolant.kind), ("backbone", spec.model.kind),
+             ("loss", spec.loss.kind)]
+    named += [("attention_backend", getattr(spec.model.config, key)) for key in ATTENTION_KEYS
+              if isinstance(getattr(spec.model.config, key, None), str)]
+    if spec.teacher is not None:
+        named.append(("teacher", spec.teacher.kind))
+    named += [("sampler", c.kind) for c in spec.eval.ode] + [("metric", c.kind) for c in spec.eval.metrics]
+    return list(dict.fromkeys(named))

@@ -17,3 +17,7 @@ class SpecError(UserError):
         """A single problem at ``path`` (dotted TOML keys) of the spec ``origin``."""
         where = f"{origin}: {path}" if path else origin
         return cls([f"{where}: {problem}"])
+
+
+class SpecWarning(UserWarning):
+    """A spec that still works but should change (a deprecated key); one line naming the file and key."""

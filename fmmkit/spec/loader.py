@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,8 @@ import cattrs
 
 from fmmkit.core.validators import SpecValueError
 from fmmkit.registry import Registry, RegistryError, get_registry, plural
-from fmmkit.spec.errors import SpecError
-from fmmkit.spec.schema import DEFAULT_ODE_SOLVERS, ComponentSpec, Spec
+from fmmkit.spec.errors import SpecError, SpecWarning
+from fmmkit.spec.schema import DEFAULT_METRICS, DEFAULT_ODE_SOLVERS, ComponentSpec, Spec
 from fmmkit.spec.toml_writer import dumps
 
 if sys.version_info >= (3, 11):
@@ -131,12 +132,15 @@ def _component(table: Any, kind: str, path: str, origin: str, registry: Registry
     except RegistryError as exc:
         raise SpecError.at(origin, _join(path, "kind"), str(exc)) from None
     params = {k: v for k, v in table.items() if k != "kind"}
+    migrate = getattr(entry.config, "migrate", None)
+    if callable(migrate):  # a component's former keys, rewritten by the component itself
+        params, notes = migrate(params)
+        for note in notes:
+            warnings.warn(f"{origin}: {_join(path, note)}", SpecWarning, stacklevel=2)
     return ComponentSpec(kind=name, config=_structure(params, entry.config, path, origin))
 
 
 def _teacher(table: Any, origin: str, registry: Registry, base_dir: Path | None, check_paths: bool = True) -> ComponentSpec:
-    from fmmkit.runs.layout import RUN_MARKERS
-
     if not isinstance(table, dict):
         raise SpecError.at(origin, "teacher", f"expected a table, got {table!r}")
     if "run" in table and table.get("kind", RUN_TEACHER) == RUN_TEACHER:
@@ -149,15 +153,16 @@ def _teacher(table: Any, origin: str, registry: Registry, base_dir: Path | None,
         path = Path(run).expanduser()
         if not path.is_absolute() and base_dir is not None and not path.exists() and (base_dir / path).exists():
             path = base_dir / path
-        missing = [m for m in RUN_MARKERS if not (path / m).is_file()]
-        if missing and check_paths:
+        teacher = _component({"kind": RUN_TEACHER, "run": str(path.resolve())}, "teacher", "teacher", origin, registry)
+        missing = registry.get("teacher", RUN_TEACHER).component.missing(teacher.config) if check_paths else []
+        if missing:
             raise SpecError.at(
                 origin,
                 "teacher.run",
                 f"no trained run at '{run}' (missing {', '.join(missing)}); train the teacher first "
                 "(fmmkit train TEACHER_SPEC --out DIR) and point run at DIR",
             )
-        return _component({"kind": RUN_TEACHER, "run": str(path.resolve())}, "teacher", "teacher", origin, registry)
+        return teacher
     if "kind" in table:
         return _component(table, "teacher", "teacher", origin, registry)
     raise SpecError.at(origin, "teacher", "needs run = \"RUN_DIR\" (a trained run) or kind = \"...\" (a registered teacher)")
@@ -175,9 +180,20 @@ def _section(table: Any, cls: type, path: str, origin: str, registry: Registry) 
             continue
         items = table[name]
         if not isinstance(items, list):
-            raise SpecError.at(origin, _join(path, name), "expected an array of tables")
-        updates[name] = [_component(t, kind, f"{path}.{name}[{i}]", origin, registry) for i, t in enumerate(items)]
+            raise SpecError.at(origin, _join(path, name), f"expected an array of {kind} names or tables")
+        updates[name] = _component_list(items, kind, _join(path, name), origin, registry)
     return attrs.evolve(plain, **updates) if updates else plain
+
+
+def _component_list(items: list[Any], kind: str, path: str, origin: str, registry: Registry) -> list[ComponentSpec]:
+    """Each item a name (its defaults) or a table with kind; a kind listed twice is refused."""
+    out: list[ComponentSpec] = []
+    for i, item in enumerate(items):
+        component = _component({"kind": item} if isinstance(item, str) else item, kind, f"{path}[{i}]", origin, registry)
+        if kind == "metric" and any(c.kind == component.kind for c in out):
+            raise SpecError.at(origin, f"{path}[{i}]", f"metric '{component.kind}' is listed twice; give each metric once")
+        out.append(component)
+    return out
 
 
 def structure_spec(raw: dict[str, Any], origin: str = "<dict>", registry: Registry | None = None,
@@ -207,10 +223,11 @@ def structure_spec(raw: dict[str, Any], origin: str = "<dict>", registry: Regist
         elif present:
             values[name] = _section(raw[name], field.type, name, origin, registry)
     spec = Spec(**values)
-    if not spec.eval.ode:
-        spec = attrs.evolve(spec, eval=attrs.evolve(spec.eval, ode=[
-            _component(t, "sampler", "eval.ode", origin, registry) for t in DEFAULT_ODE_SOLVERS
-        ]))
+    defaults = {"ode": (spec.eval.ode, DEFAULT_ODE_SOLVERS, "sampler"), "metrics": (spec.eval.metrics, DEFAULT_METRICS, "metric")}
+    filled = {key: _component_list(items, kind, f"eval.{key}", origin, registry)
+              for key, (given, items, kind) in defaults.items() if not given}
+    if filled:
+        spec = attrs.evolve(spec, eval=attrs.evolve(spec.eval, **filled))
     _check_cross_references(spec, origin, registry)
     return spec
 
@@ -220,12 +237,6 @@ def _check_cross_references(spec: Spec, origin: str, registry: Registry) -> None
     if getattr(loss, "requires_teacher", False) and spec.teacher is None:
         raise SpecError.at(origin, "teacher", f"loss '{spec.loss.kind}' distills a teacher; add [teacher] with "
                            "run = \"RUN_DIR\" of a trained teacher run")
-    for i, metric in enumerate(spec.eval.metrics):
-        if metric not in registry.entries["metric"]:
-            try:
-                registry.get("metric", metric)
-            except RegistryError as exc:
-                raise SpecError.at(origin, f"eval.metrics[{i}]", str(exc)) from None
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -284,13 +295,26 @@ def load_spec(source: str | Path | dict[str, Any] | Spec, overrides: list[str] |
     elif isinstance(source, dict):
         origin, base = "<dict>", None
     else:
-        origin, base = str(source), Path(source).parent
-        source = read_toml(source)
+        from fmmkit.spec.builtin import resolve_spec_source
+
+        path = resolve_spec_source(source)
+        origin, base = str(path), path.parent
+        source = read_toml(path)
     return structure_spec(apply_overrides(source, overrides), origin, registry, base)
 
 
 def _unstructure_component(component: ComponentSpec) -> dict[str, Any]:
     return {"kind": component.kind, **CONVERTER.unstructure(component.config)}
+
+
+def _unstructure_listed(component: ComponentSpec, kind: str) -> Any:
+    """A metric with its default parameters is written as its bare name (as a spec would say it)."""
+    table = _unstructure_component(component)
+    try:
+        default = type(component.config)()
+    except TypeError:  # a config with required keys
+        return table
+    return component.kind if kind == "metric" and component.config == default else table
 
 
 def spec_to_dict(spec: Spec) -> dict[str, Any]:
@@ -309,7 +333,7 @@ def spec_to_dict(spec: Spec) -> dict[str, Any]:
             for sub in attrs.fields(type(value)):
                 item = getattr(value, sub.name)
                 if "components" in sub.metadata:
-                    table[sub.name] = [_unstructure_component(c) for c in item]
+                    table[sub.name] = [_unstructure_listed(c, sub.metadata["components"]) for c in item]
                 else:
                     table[sub.name] = CONVERTER.unstructure(item)
             out[field.name] = table

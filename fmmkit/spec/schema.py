@@ -87,10 +87,15 @@ class SampleConfig:
 
 @attrs.define(frozen=True)
 class EvalConfig:
-    """Evaluation: samples per row, metric names, and ODE solvers (sampler tables) for the velocity."""
+    """Evaluation: samples per row, metrics and ODE solvers (sampler tables) for the velocity.
+
+    ``metrics`` and ``ode`` are lists of registered components, each a name (its default parameters)
+    or a table with ``kind`` and parameters: ``metrics = ["energy_distance", {kind = "sliced_w2",
+    projections = 256}]``; empty lists get DEFAULT_METRICS and DEFAULT_ODE_SOLVERS.
+    """
 
     num_samples: int = attrs.field(default=20000, validator=at_least(2))
-    metrics: list[str] = attrs.field(factory=lambda: ["energy_distance", "sliced_w2", "histogram_kl"])
+    metrics: list[ComponentSpec] = attrs.field(factory=list, metadata={"components": "metric"})
     ode: list[ComponentSpec] = attrs.field(factory=list, metadata={"components": "sampler"})
     seed: int = 1234
 
@@ -146,6 +151,8 @@ class LogConfig:
     tensorboard: bool = True
     pictures_every: int = attrs.field(default=0, validator=non_negative)
 
+
+DEFAULT_METRICS: list[str] = ["energy_distance", "sliced_w2", "histogram_kl"]
 
 DEFAULT_ODE_SOLVERS: list[dict[str, Any]] = [
     {"kind": "euler", "steps": 8},

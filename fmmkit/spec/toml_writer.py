@@ -1,4 +1,4 @@
-"""A small TOML writer for resolved specs (nested tables, arrays of tables, scalars, arrays)."""
+"""A small TOML writer for resolved specs (nested tables, arrays of tables, scalars, arrays, inline tables)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,13 @@ def _scalar(value: Any) -> str:
         return json.dumps(value)
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_scalar(v) for v in value) + "]"
+    if isinstance(value, dict):  # an inline table, inside a mixed array such as metrics = ["a", {kind = "b"}]
+        return "{" + ", ".join(f"{_key(k)} = {_scalar(v)}" for k, v in value.items() if v is not None) + "}"
     raise TypeError(f"cannot write {type(value).__name__} to TOML")
+
+
+def _key(key: str) -> str:
+    return key if key.replace("_", "").replace("-", "").isalnum() and key.isascii() else json.dumps(key)
 
 
 def _is_table_array(value: Any) -> bool:

@@ -6,11 +6,14 @@ coordinate, or a single entry for all of them); ``build`` returns a :class:`fmmk
 
 from __future__ import annotations
 
+from abc import abstractmethod
+from typing import Any
+
 import attrs
 
-from fmmkit.core import BuildContext, Component
+from fmmkit.core import BuildContext, Component, Interpolant
 from fmmkit.core.validators import each, non_empty, positive
-from fmmkit.exact import GaussianFlowMap, per_coordinate
+from fmmkit.exact import ExactFlowMap, GaussianFlowMap, per_coordinate
 from fmmkit.hookspecs import hookimpl
 
 
@@ -22,19 +25,31 @@ class GaussianTeacherConfig:
     std: list[float] = attrs.field(validator=[non_empty, each(positive)])
 
 
-class GaussianTeacher(Component):
+class ExactTeacher(Component):
+    """A teacher that is an exact map of Gaussian data (:mod:`fmmkit.exact`) under the run's interpolant,
+    its parameters given per data coordinate."""
+
+    @classmethod
+    def build(cls, config: Any, ctx: BuildContext) -> ExactFlowMap:
+        if ctx.interpolant is None:
+            raise ValueError(f"the {cls.__name__} is built after the interpolant; ctx.interpolant is None")
+        return cls.exact(config, ctx.interpolant, tuple(ctx.data_shape))
+
+    @classmethod
+    @abstractmethod
+    def exact(cls, config: Any, interpolant: Interpolant, shape: tuple[int, ...]) -> ExactFlowMap:
+        """The exact map for data points of ``shape``."""
+
+
+class GaussianTeacher(ExactTeacher):
     """Builds the exact Gaussian oracle for the run's interpolant and data shape."""
 
     Config = GaussianTeacherConfig
 
     @classmethod
-    def build(cls, config: GaussianTeacherConfig, ctx: BuildContext) -> GaussianFlowMap:
-        if ctx.interpolant is None:
-            raise ValueError("the gaussian teacher is built after the interpolant; ctx.interpolant is None")
-        shape = tuple(ctx.data_shape)
-        mean = per_coordinate(config.mean, "mean", shape)
-        std = per_coordinate(config.std, "std", shape)
-        return GaussianFlowMap(ctx.interpolant, mean, std)
+    def exact(cls, config: GaussianTeacherConfig, interpolant: Interpolant, shape: tuple[int, ...]) -> GaussianFlowMap:
+        return GaussianFlowMap(interpolant, per_coordinate(config.mean, "mean", shape),
+                               per_coordinate(config.std, "std", shape))
 
 
 @hookimpl

@@ -11,9 +11,10 @@ from __future__ import annotations
 import attrs
 import torch
 
-from fmmkit.core import BuildContext, Component
+from fmmkit.core import Interpolant
 from fmmkit.core.validators import SpecValueError, each, non_empty, positive
 from fmmkit.exact import GaussianMixtureFlowMap, per_coordinate
+from fmmkit.teachers.gaussian import ExactTeacher
 from fmmkit.hookspecs import hookimpl
 
 
@@ -33,21 +34,19 @@ class GaussianMixtureTeacherConfig:
                 raise SpecValueError(name, f"has {len(getattr(self, name))} entries but weights has {k}; give one per component")
 
 
-class GaussianMixtureTeacher(Component):
+class GaussianMixtureTeacher(ExactTeacher):
     """Builds the exact mixture velocity (and ODE-solved flow map) for the run's interpolant."""
 
     Config = GaussianMixtureTeacherConfig
 
     @classmethod
-    def build(cls, config: GaussianMixtureTeacherConfig, ctx: BuildContext) -> GaussianMixtureFlowMap:
-        if ctx.interpolant is None:
-            raise ValueError("the gaussian_mixture teacher is built after the interpolant; ctx.interpolant is None")
-        shape = tuple(ctx.data_shape)
+    def exact(cls, config: GaussianMixtureTeacherConfig, interpolant: Interpolant,
+              shape: tuple[int, ...]) -> GaussianMixtureFlowMap:
         if not shape and len({len(m) for m in config.means}) != 1:
             raise SpecValueError("means", "entries must all have the same length")
         means = torch.stack([per_coordinate(m, f"means[{i}]", shape) for i, m in enumerate(config.means)])
         return GaussianMixtureFlowMap(torch.tensor(config.weights), means, torch.tensor(config.stds),
-                                      steps=config.steps, interpolant=ctx.interpolant)
+                                      steps=config.steps, interpolant=interpolant)
 
 
 @hookimpl

@@ -29,11 +29,16 @@ class RunTeacher(Component):
     Config = RunTeacherConfig
 
     @classmethod
-    def available(cls, config: RunTeacherConfig) -> bool:
-        """Whether the run directory still holds its weights."""
+    def missing(cls, config: RunTeacherConfig) -> list[str]:
+        """The files of a trained run that the directory lacks (none for a trained run)."""
         from fmmkit.runs.layout import RUN_MARKERS
 
-        return all((Path(config.run) / marker).is_file() for marker in RUN_MARKERS)
+        return [marker for marker in RUN_MARKERS if not (Path(config.run) / marker).is_file()]
+
+    @classmethod
+    def available(cls, config: RunTeacherConfig) -> bool:
+        """Whether the run directory still holds its weights."""
+        return not cls.missing(config)
 
     @classmethod
     def build(cls, config: RunTeacherConfig, ctx: BuildContext) -> VelocityField:

@@ -8,13 +8,18 @@ Fixtures:
                           of exact Gaussian maps (:class:`fmmkit.exact.GaussianFlowMap`, float64)
   fmmkit_registry         the component registry (entry-point plugins included)
 
-It also registers the hypothesis profiles ``fmmkit-ci`` (30 examples, no deadline, derandomized) and
-``fmmkit-deep`` (1000 examples), selectable with ``--hypothesis-profile``; it loads none of them.
-Everything heavy is imported inside the fixtures, so the plugin costs nothing in other projects' runs.
+Hypothesis profiles: ``fmmkit-ci`` (30 examples, no deadline, derandomized: bounded and reproducible)
+and ``fmmkit-deep`` (1000 examples). They are registered when pytest loads this plugin, before
+hypothesis reads ``--hypothesis-profile``, so ``pytest --hypothesis-profile=fmmkit-deep`` works in any
+project. The plugin then loads ``$HYPOTHESIS_PROFILE`` when it names one of them, else ``fmmkit-ci``
+(unless the variable names a profile of the project's own, which its conftest loads); a conftest
+or ``--hypothesis-profile`` still has the last word. Everything heavy is imported inside the
+fixtures, so the plugin costs nothing in other projects' runs.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -22,18 +27,25 @@ import pytest
 
 INTERPOLANT_FIXTURE = "registered_interpolant"
 NOISE = 0.5
+PROFILES = ("fmmkit-ci", "fmmkit-deep")
+DEFAULT_PROFILE = "fmmkit-ci"
+PROFILE_VARIABLE = "HYPOTHESIS_PROFILE"
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    """Register (not load) the fmmkit hypothesis profiles."""
-    try:
-        from hypothesis import HealthCheck, settings
-    except ImportError:  # pragma: no cover - hypothesis is a dependency of fmmkit
-        return
+def register_profiles() -> None:
+    """Register the fmmkit hypothesis profiles and load the chosen one (see the module docstring)."""
+    from hypothesis import HealthCheck, settings
+
     settings.register_profile("fmmkit-ci", max_examples=30, deadline=None, derandomize=True,
                               suppress_health_check=[HealthCheck.too_slow])
     settings.register_profile("fmmkit-deep", max_examples=1000, deadline=None,
                               suppress_health_check=[HealthCheck.too_slow])
+    chosen = os.environ.get(PROFILE_VARIABLE, DEFAULT_PROFILE)
+    if chosen in PROFILES:
+        settings.load_profile(chosen)
+
+
+register_profiles()  # at import: pytest imports its plugins before hypothesis's pytest_configure reads the option
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -33,7 +33,7 @@ from fmmkit.registry import Registry, get_registry
 from fmmkit.runs.files import atomic_write_text
 from fmmkit.runs.layout import (CHECKPOINT_DIR, EVENTS_FILE, METRICS_FILE, PICTURES_DIR, RUN_INFO_FILE, SPEC_FILE,
                                 TENSORBOARD_DIR, picture_file, sampling_label, weights_file)
-from fmmkit.runs.run import load_run, open_run
+from fmmkit.runs.run import load_run, open_run, plugins_used
 from fmmkit.spec import Spec, SpecError, load_spec, spec_to_toml
 from fmmkit.training import distributed as dist
 from fmmkit.training.build import Pipeline, build_pipeline
@@ -269,7 +269,8 @@ def train(spec: str | Path | dict[str, Any] | Spec, *, out: str | Path | None = 
             meta = {"fmmkit": __version__, "torch": torch.__version__, "device": str(device),
                     "processes": env.world_size, "steps": resolved.train.steps,
                     "weights": weights_file(sampling_label(resolved)),
-                    "seconds": round(time.time() - started, 2), "final": last}
+                    "seconds": round(time.time() - started, 2), "final": last,
+                    "plugins": plugins_used(resolved, registry)}
             atomic_write_text(out_dir / RUN_INFO_FILE, json.dumps(meta, indent=2))
             if pictures:
                 from fmmkit.evaluation import save_pictures

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from hypothesis import HealthCheck, Phase, given, seed, settings, target
 from hypothesis import strategies as st
 
+from fmmkit.losses.times import time_order
 from fmmkit.verification.strategies import forward_triple, fractions
 
 #: Fractions are searched on the grid i / 2^20 (integers are what hypothesis's target phase can climb).
@@ -100,12 +101,10 @@ def worst_triple(defect: Callable[[float, float, float], float], *, order: str =
     """
     if examples < 4:
         raise ValueError(f"examples must be >= 4, got {examples}")
-    if order == "forward":
+    if time_order(order) == "forward":
         to_times: Callable[[Triple], Triple] = lambda f: forward_triple(lo, hi, *f)  # noqa: E731
-    elif order == "any":
-        to_times = lambda f: tuple(lo + (hi - lo) * x for x in f)  # type: ignore[assignment,return-value]  # noqa: E731
     else:
-        raise ValueError(f"order must be 'forward' or 'any', got {order!r}")
+        to_times = lambda f: tuple(lo + (hi - lo) * x for x in f)  # type: ignore[assignment,return-value]  # noqa: E731
     track = _Tracker(defect, to_times)
     _hypothesis_stage(track, examples // 2, random_seed)
     rng = random.Random(random_seed)

@@ -1,7 +1,9 @@
 """hypothesis strategies for times: single times, pairs and triples (s, u, t) in [lo, hi].
 
-``order = "forward"`` gives s <= u <= t (maps forward in time only); ``"any"`` gives the three times in
-any order, so reversed maps X_{t,s} with t > s are drawn too. With ``endpoints = True`` the ends lo and
+``order = "forward"`` gives s <= u <= t (maps forward in time only); ``"both"`` gives the three times in
+any order, so reversed maps X_{t,s} with t > s are drawn too (the words of
+:data:`fmmkit.losses.times.TIME_ORDERS`; ``"any"``, the former name of ``"both"``, still works with a
+DeprecationWarning). With ``endpoints = True`` the ends lo and
 hi are drawn often (where interpolant coefficients and their derivatives are most fragile).
 
 ``grid = N`` draws times on the grid lo + (hi - lo) i / N as a float start plus an integer offset:
@@ -14,14 +16,16 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
-TIME_ORDERS = ("forward", "any")
+from fmmkit.losses.times import TIME_ORDERS, time_order
+
+__all__ = ["TIME_ORDERS", "forward_pair", "forward_triple", "fractions", "time_pairs", "time_triples", "times"]
 
 
-def _check(order: str, lo: float, hi: float) -> None:
-    if order not in TIME_ORDERS:
-        raise ValueError(f"order must be one of {TIME_ORDERS}, got {order!r}")
+def _check(order: str, lo: float, hi: float) -> str:
+    order = time_order(order)
     if not 0.0 <= lo <= hi <= 1.0:
         raise ValueError(f"need 0 <= lo <= hi <= 1, got lo={lo}, hi={hi}")
+    return order
 
 
 def fractions(endpoints: bool = True, grid: int | None = None) -> st.SearchStrategy[float]:
@@ -36,25 +40,23 @@ def fractions(endpoints: bool = True, grid: int | None = None) -> st.SearchStrat
 
 def times(lo: float = 0.0, hi: float = 1.0, endpoints: bool = True, grid: int | None = None) -> st.SearchStrategy[float]:
     """A time in [lo, hi]."""
-    _check("any", lo, hi)
+    _check("both", lo, hi)
     return fractions(endpoints, grid).map(lambda f: min(hi, lo + (hi - lo) * f))
 
 
-def time_pairs(order: str = "any", lo: float = 0.0, hi: float = 1.0, endpoints: bool = True,
+def time_pairs(order: str = "both", lo: float = 0.0, hi: float = 1.0, endpoints: bool = True,
                grid: int | None = None) -> st.SearchStrategy[tuple[float, float]]:
-    """(s, t): s <= t for ``forward``, any order for ``any``."""
-    _check(order, lo, hi)
-    if order == "any":
+    """(s, t): s <= t for ``forward``, any order for ``both``."""
+    if _check(order, lo, hi) == "both":
         return st.tuples(times(lo, hi, endpoints, grid), times(lo, hi, endpoints, grid))
     f = fractions(endpoints, grid)
     return st.tuples(f, f).map(lambda p: forward_pair(lo, hi, *p))
 
 
-def time_triples(order: str = "any", lo: float = 0.0, hi: float = 1.0, endpoints: bool = True,
+def time_triples(order: str = "both", lo: float = 0.0, hi: float = 1.0, endpoints: bool = True,
                  grid: int | None = None) -> st.SearchStrategy[tuple[float, float, float]]:
-    """(s, u, t): s <= u <= t for ``forward``, any order (reversed included) for ``any``."""
-    _check(order, lo, hi)
-    if order == "any":
+    """(s, u, t): s <= u <= t for ``forward``, any order (reversed included) for ``both``."""
+    if _check(order, lo, hi) == "both":
         t = times(lo, hi, endpoints, grid)
         return st.tuples(t, t, t)
     f = fractions(endpoints, grid)

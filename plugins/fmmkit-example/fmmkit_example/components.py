@@ -8,9 +8,9 @@ import attrs
 import torch
 from torch import Tensor
 
-from fmmkit.core import Batch, DataSource, FlowMap, Interpolant, Loss, LossOutput, VelocityField
+from fmmkit.core import Batch, DataSource, FlowMap, Interpolant, VelocityField
 from fmmkit.core.validators import non_negative, positive
-from fmmkit.losses.times import TimeSampling
+from fmmkit.losses import FlowMapLoss, LossTables, Term
 
 
 @attrs.define(frozen=True)
@@ -69,25 +69,28 @@ class Ring(DataSource):
 
 
 @attrs.define(frozen=True)
-class PseudoHuberConfig:
-    """delta: the scale below which the loss is quadratic."""
+class PseudoHuberConfig(LossTables):
+    """delta: the scale below which the loss is quadratic; ``[loss.times]``, ``[loss.weighting]`` and
+    ``[loss.guidance]`` come from fmmkit's LossTables."""
 
     delta: float = attrs.field(default=0.1, validator=positive)
-    times: TimeSampling = attrs.field(factory=TimeSampling)
 
 
-class PseudoHuberFlowMatching(Loss):
-    """E sqrt(|v_{t,t}(I_t) - dI_t/dt|^2 + delta^2) - delta: flow matching, robust to outliers."""
+class PseudoHuberFlowMatching(FlowMapLoss):
+    """E sqrt(|v_{t,t}(I_t) - dI_t/dt|^2 + delta^2) - delta: flow matching, robust to outliers.
+
+    A :class:`fmmkit.losses.FlowMapLoss`: fmmkit draws the times (``[loss.times]``, kept off {0, 1}
+    for a noisy interpolant), the label dropout and guidance target, and reduces the per-sample
+    values with ``[loss.weighting]``; this class only says what one sample's loss is.
+    """
 
     Config = PseudoHuberConfig
     trains_flow_map = False
 
-    def __call__(
-        self, model: FlowMap, batch: Batch, *, teacher: VelocityField | None = None, step: int = 0
-    ) -> LossOutput:
-        t = self.config.times.sample(len(batch), batch.x1.device)
-        path = self.interpolant.draw(batch.x1, t)
-        sq = (model.velocity(path.x_t, t, batch.y) - path.dx_t).pow(2).flatten(1).sum(dim=1)
+    def terms(self, model: FlowMap, batch: Batch, teacher: VelocityField | None, step: int) -> list[Term]:
+        t = self.sample_times(len(batch), batch.x1)
+        path = self.draw(batch, t)
+        target = self.velocity_target(model, path, batch.y)
+        sq = (model.velocity(path.x_t, t, batch.y) - target).pow(2).flatten(1).sum(dim=1)
         delta = self.config.delta
-        loss = (torch.sqrt(sq + delta**2) - delta).mean()
-        return LossOutput(loss, {"pseudo_huber": loss.detach()})
+        return [Term("pseudo_huber", torch.sqrt(sq + delta**2) - delta, t, t)]

@@ -44,7 +44,7 @@ def test_quadratic_interpolant_is_valid(noise: float) -> None:
 
 
 @settings(deadline=None)
-@given(problem=gaussian_problems(interpolant=interpolants(["quadratic"])), triple=time_triples(order="any"))
+@given(problem=gaussian_problems(interpolant=interpolants(["quadratic"])), triple=time_triples(order="both"))
 def test_exact_gaussian_map_under_the_quadratic_interpolant_obeys_the_laws(
     problem: GaussianProblem, triple: tuple[float, float, float]
 ) -> None:
@@ -70,3 +70,18 @@ def test_ring_samples_lie_on_the_ring() -> None:
     assert abs(float(radius.mean()) - 1.5) < 0.01 and float(radius.std()) < 0.07
     lo, hi = ring.bounds()
     assert lo < float(x.min()) and float(x.max()) < hi
+
+
+def test_the_plugin_loss_gets_fmmkits_loss_tables() -> None:
+    """A FlowMapLoss subclass: the spec's [loss.times] reaches it, as for a built-in loss."""
+    from pathlib import Path
+
+    from fmmkit.losses import FlowMapLoss
+    from fmmkit.spec import load_spec
+
+    assert issubclass(PseudoHuberFlowMatching, FlowMapLoss)
+    spec = load_spec(Path(__file__).parents[1] / "spec.toml")
+    assert spec.loss.config.times.distribution == "logit_normal" and spec.loss.config.delta == 0.1
+    loss = PseudoHuberFlowMatching.build(spec.loss.config, BuildContext(data_shape=(2,), interpolant=QuadraticInterpolant()))
+    times = loss.sample_times(20000, torch.zeros(1))
+    assert abs(float(times.mean()) - 0.5) < 0.01 and float(times.std()) < 0.25  # logit-normal, not uniform (0.29)
