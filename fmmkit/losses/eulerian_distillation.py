@@ -21,6 +21,7 @@ from fmmkit.core import Batch, FlowMap, VelocityField
 from fmmkit.core.shapes import mean_squares
 from fmmkit.hookspecs import hookimpl
 from fmmkit.losses.base import DistillationConfig, DistillationLoss, Term, semigradient_squares
+from fmmkit.moved import moved_getattr
 
 
 class EulerianDistillation(DistillationLoss):
@@ -40,3 +41,6 @@ class EulerianDistillation(DistillationLoss):
 @hookimpl
 def register_losses(register) -> None:  # type: ignore[no-untyped-def]
     register("eulerian_distillation", EulerianDistillation)
+
+
+__getattr__ = moved_getattr(__name__)  # former names (fmmkit.moved)

@@ -16,6 +16,7 @@ from fmmkit.core.shapes import mean_squares
 from fmmkit.core.derivatives import time_derivative
 from fmmkit.hookspecs import hookimpl
 from fmmkit.losses.base import DistillationConfig, DistillationLoss, Term
+from fmmkit.moved import moved_getattr
 
 
 class LagrangianDistillation(DistillationLoss):
@@ -34,3 +35,6 @@ class LagrangianDistillation(DistillationLoss):
 @hookimpl
 def register_losses(register) -> None:  # type: ignore[no-untyped-def]
     register("lagrangian_distillation", LagrangianDistillation)
+
+
+__getattr__ = moved_getattr(__name__)  # former names (fmmkit.moved)

@@ -19,6 +19,7 @@ from fmmkit.core.shapes import mean_squares
 from fmmkit.core.derivatives import time_derivative
 from fmmkit.hookspecs import hookimpl
 from fmmkit.losses.base import SelfDistillationConfig, SelfDistillationLoss, Term
+from fmmkit.moved import moved_getattr
 
 __all__ = ["LagrangianSelfDistillation", "SelfDistillationConfig"]
 
@@ -41,3 +42,6 @@ class LagrangianSelfDistillation(SelfDistillationLoss):
 @hookimpl
 def register_losses(register) -> None:  # type: ignore[no-untyped-def]
     register("lagrangian_self_distillation", LagrangianSelfDistillation)
+
+
+__getattr__ = moved_getattr(__name__)  # former names (fmmkit.moved)

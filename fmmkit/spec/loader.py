@@ -20,6 +20,7 @@ from fmmkit.registry import Registry, RegistryError, get_registry, plural
 from fmmkit.spec.errors import SpecError, SpecWarning
 from fmmkit.spec.schema import DEFAULT_METRICS, DEFAULT_ODE_SOLVERS, ComponentSpec, Spec
 from fmmkit.spec.toml_writer import dumps
+from fmmkit.moved import moved_getattr
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -343,3 +344,6 @@ def spec_to_dict(spec: Spec) -> dict[str, Any]:
 def spec_to_toml(spec: Spec) -> str:
     """The resolved spec as TOML text; loading it gives the same spec."""
     return dumps(spec_to_dict(spec))
+
+
+__getattr__ = moved_getattr(__name__)  # former names (fmmkit.moved)

@@ -13,6 +13,7 @@ from typing import Any
 import attrs
 
 from fmmkit.core.validators import at_least, each, non_negative, one_of, positive, unit_interval
+from fmmkit.moved import moved_getattr
 
 
 @attrs.define(frozen=True)
@@ -183,3 +184,6 @@ class Spec:
     log: LogConfig = attrs.field(factory=LogConfig)
     name: str = "run"
     source: str = attrs.field(default="<dict>", metadata={"internal": True})
+
+
+__getattr__ = moved_getattr(__name__)  # former names (fmmkit.moved)
