@@ -11,7 +11,7 @@ from fmmkit.cli import main
 from fmmkit.spec.builtin import builtin_spec_dir, builtin_spec_names
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["train.steps=2", "train.batch_size=64", "train.threads=1", "model.width=16", "model.depth=1",
+TINY = ["train.steps=2", "train.batch_size=64", "model.width=16", "model.depth=1",
         "sample.steps=[1]", "sample.num_pictures=32", "sample.picture_solver_steps=2", "log.tensorboard=false"]
 
 

@@ -31,7 +31,7 @@ def test_the_documented_plugin_registers_and_its_spec_trains(tmp_path: Path) -> 
         pyproject, run_spec = _blocks("toml")
         assert 'square = "square_plugin"' in pyproject
         (tmp_path / "square_run.toml").write_text(run_spec)
-        tiny = ["train.steps=3", "train.batch_size=64", "train.threads=1", "sample.steps=[1]",
+        tiny = ["train.steps=3", "train.batch_size=64", "sample.steps=[1]",
                 "sample.num_pictures=32", "sample.picture_solver_steps=2", "model.width=16", "model.depth=1"]
         resolved = load_spec(tmp_path / "square_run.toml", tiny, registry)
         assert resolved.loss.config.weight == 2.0 and resolved.loss.config.times.distribution == "logit_normal"

@@ -91,9 +91,8 @@ def test_fresh_non_editable_install_runs_outside_the_source_tree(tmp_path: Path)
     assert trained.strip() == "trained: run" and (elsewhere / "run" / "model.safetensors").is_file()
 
     (elsewhere / "test_profile.py").write_text(
-        "from hypothesis import settings\n\n\ndef test_profile(fmmkit_registry):\n"
-        "    assert settings().max_examples == 30 and settings().derandomize\n"
-        "    assert 'checkerboard' in fmmkit_registry.names('dataset')\n")
+        "from hypothesis import settings\n\n\ndef test_profile():\n"
+        "    assert settings().max_examples == 30 and settings().derandomize\n")
     out = _run([str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", "--hypothesis-profile=fmmkit-ci"],
                cwd=elsewhere)
     assert "1 passed" in out

@@ -42,7 +42,6 @@ distribution = "logit_normal"
 [train]
 steps = 2
 batch_size = 64
-threads = 1
 
 [sample]
 steps = [1]

@@ -119,17 +119,25 @@ def test_plugin_that_fails_to_import_is_one_warning_line(tmp_path: Path) -> None
     assert "checkerboard" in proc.stdout and "quadratic" in proc.stdout
 
 
-def test_block_and_trace_environment_variables(tmp_path: Path) -> None:
-    proc = _run_cli(["plugins"], {"FMMKIT_BLOCK_PLUGINS": "fmmkit-example", "FMMKIT_TRACE_HOOKS": "1"}, tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    assert "quadratic" not in proc.stdout
-    assert "fmmkit trace:" in proc.stderr and "register_losses" in proc.stderr
+def test_block_and_trace_environment_variables(monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from fmmkit.cli import main
+
+    monkeypatch.setenv("FMMKIT_BLOCK_PLUGINS", "fmmkit-example")
+    monkeypatch.setenv("FMMKIT_TRACE_HOOKS", "1")
+    assert main(["plugins"]) == 0
+    out, err = capsys.readouterr()
+    assert "quadratic" not in out
+    assert "fmmkit trace:" in err and "register_losses" in err
 
 
-def test_plugins_command_lists_versions_and_hooks(tmp_path: Path) -> None:
-    proc = _run_cli(["plugins"], {}, tmp_path)
-    assert "fmmkit-example 0.1.0 (installed): register_datasets, register_interpolants, register_losses" in proc.stdout
-    assert re.search(r"^  ring +fmmkit-example 0\.1\.0$", proc.stdout, re.MULTILINE)
+def test_plugins_command_lists_versions_and_hooks(capsys: pytest.CaptureFixture[str]) -> None:
+    from fmmkit.cli import main
+
+    assert main(["plugins"]) == 0
+    out = capsys.readouterr().out
+    assert "fmmkit-example 0.1.0 (installed): register_datasets, register_interpolants, register_losses" in out
+    assert re.search(r"^  ring +fmmkit-example 0\.1\.0$", out, re.MULTILINE)
 
 
 def test_builtin_plugins_are_exactly_the_modules_with_hooks() -> None:
