@@ -19,10 +19,11 @@ import torch
 from torch import Tensor, nn
 
 from fmmkit.core import Batch, BuildContext, FlowMap, Interpolant, InterpolantSample, Loss, LossOutput, VelocityField
-from fmmkit.core.flow_map import frozen_copy, time_dtype
+from fmmkit.core.flow_map import frozen_copy, time_dtype  # noqa: F401 (frozen_copy was defined here)
 from fmmkit.core.shapes import broadcast_time, mean_squares
 from fmmkit.core.validators import non_negative, one_of
 from fmmkit.core.derivatives import DERIVATIVE_METHODS, eulerian_velocity_derivative
+from fmmkit.losses.held import HeldCopy, prefixed, unprefixed
 from fmmkit.losses.guidance import GuidanceConfig, drop_labels, guided_regression_target, guided_velocity
 from fmmkit.losses.times import DiagonalHeavyTimes, TimeSampling, diagonal_count, stochastic_time_bounds
 from fmmkit.losses.weighting import Weighting, WeightingConfig
@@ -105,60 +106,6 @@ def ramp(step: int, warmup_steps: int) -> float:
 def semigradient_squares(v: Tensor, direction: Tensor) -> Tensor:
     """Per-sample |v - sg(v + direction)|^2: value |direction|^2, gradient -2 direction . dv/dtheta."""
     return mean_squares(v - (v + direction).detach())
-
-
-def prefixed(prefix: str, state: dict[str, Any]) -> dict[str, Any]:
-    """{prefix + key: value}."""
-    return {prefix + k: v for k, v in state.items()}
-
-
-def unprefixed(prefix: str, state: dict[str, Any]) -> dict[str, Any]:
-    """The entries of ``state`` under ``prefix``, with the prefix removed."""
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-
-
-class HeldCopy:
-    """A frozen copy of the model that a loss keeps as state (PFMM's X', shortcut's EMA teacher).
-
-    ``model`` is None until the copy is made. A checkpoint's copy arrives through
-    :meth:`load_state_dict` before the loss has seen the model, so it waits as pending tensors and
-    becomes a copy the next time the model is at hand (:meth:`restored`, :meth:`get`); the state
-    saved is the copy's, or the pending tensors when it was never made, under ``prefix``.
-    """
-
-    def __init__(self, prefix: str) -> None:
-        self.prefix = prefix
-        self.model: FlowMap | None = None
-        self._pending: dict[str, Any] = {}
-
-    def restored(self, model: FlowMap) -> FlowMap | None:
-        """The copy, made from the pending checkpoint tensors if there are any (else as it is, maybe None)."""
-        if self._pending:
-            self.model = frozen_copy(model)  # type: ignore[assignment]
-            self.model.load_state_dict(self._pending)  # type: ignore[union-attr]
-            self._pending = {}
-        return self.model
-
-    def get(self, model: FlowMap) -> FlowMap:
-        """The copy, made from ``model`` on first use (or from a checkpoint's tensors)."""
-        copy = self.restored(model)
-        if copy is None:
-            copy = self.model = frozen_copy(model)  # type: ignore[assignment]
-        return copy  # type: ignore[return-value]
-
-    def snapshot(self, model: FlowMap) -> FlowMap:
-        """Set the copy to the model's current weights."""
-        if self.model is None:
-            return self.get(model)
-        self.model.load_state_dict(model.state_dict())
-        return self.model
-
-    def state_dict(self) -> dict[str, Any]:
-        return prefixed(self.prefix, self.model.state_dict() if self.model is not None else self._pending)
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._pending = unprefixed(self.prefix, state)
-        self.model = None
 
 
 class FlowMapLoss(Loss):

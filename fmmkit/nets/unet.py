@@ -23,7 +23,8 @@ from torch.nn import functional as F
 
 from fmmkit.core.validators import SpecValueError, each, positive, unit_interval
 from fmmkit.hookspecs import hookimpl
-from fmmkit.nets.conditioning import BackboneConfigError, ImageBackbone, ImageBackboneConfig, zero_
+from fmmkit.nets.conditioning import BackboneConfigError, zero_
+from fmmkit.nets.image_backbone import ImageBackbone, ImageBackboneConfig
 from fmmkit.nets.attention import SelfAttention
 
 

@@ -33,7 +33,8 @@ from fmmkit.registry import Registry, get_registry
 from fmmkit.runs.files import atomic_write_text
 from fmmkit.runs.layout import (CHECKPOINT_DIR, EVENTS_FILE, METRICS_FILE, PICTURES_DIR, RUN_INFO_FILE, SPEC_FILE,
                                 TENSORBOARD_DIR, picture_file, sampling_label, weights_file)
-from fmmkit.runs.run import load_run, open_run, plugins_used
+from fmmkit.runs.plugins import plugins_used
+from fmmkit.runs.run import load_run, open_run
 from fmmkit.spec import Spec, SpecError, load_spec, spec_to_toml
 from fmmkit.training import distributed as dist
 from fmmkit.training.build import Pipeline, build_pipeline

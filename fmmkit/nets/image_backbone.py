@@ -1,0 +1,64 @@
+"""The base of the image backbones (unet, dit): their shared config keys and setup."""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from typing import Any
+
+import attrs
+from torch import Tensor
+
+from fmmkit.core import BuildContext
+from fmmkit.core.validators import SpecValueError, non_negative, one_of, positive, unit_interval
+from fmmkit.nets.attention import AttentionBackbone, resolve_backends
+from fmmkit.nets.conditioning import ConditionEmbedding, image_shape
+from fmmkit.nets.embeddings import TIME_EMBEDDINGS, TIME_PAIRS
+
+
+@attrs.define(frozen=True)
+class ImageBackboneConfig:
+    """The keys unet and dit share: the time embedding (kind, pair, width per time), label dropout, and
+    the attention backends of ordinary and derivative passes."""
+
+    time_embedding: str = attrs.field(default="sinusoidal", validator=one_of(TIME_EMBEDDINGS))
+    time_pair: str = attrs.field(default="s_t", validator=one_of(TIME_PAIRS))
+    time_dim: int = attrs.field(default=128, validator=positive)
+    label_dropout: float = attrs.field(default=0.0, validator=[non_negative, unit_interval])
+    attention: str = "sdpa"
+    forward_ad_attention: str = "forward_ad"
+
+    def __attrs_post_init__(self) -> None:
+        if self.time_dim % 2:
+            raise SpecValueError("time_dim", f"must be even, got {self.time_dim}")
+
+
+
+class ImageBackbone(AttentionBackbone):
+    """What the image backbones (unet, dit) share: images (C, H, W), their attention backends, and the
+    conditioning c(s, t, y) built from the config's time-embedding keys; a subclass builds its layers
+    in :meth:`make_layers`."""
+
+    kind = "image backbone"
+
+    def __init__(self, config: Any, shape: tuple[int, ...], num_classes: int | None = None,
+                 ctx: BuildContext | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.shape = image_shape(shape, self.kind)
+        self.num_classes = num_classes
+        self.backends = resolve_backends(config, ctx)
+        self.make_layers(config, *self.shape)
+
+    @abstractmethod
+    def make_layers(self, config: Any, channels: int, height: int, width: int) -> None:
+        """Create the network's layers for images (channels, height, width)."""
+
+    def condition(self, dim: int) -> ConditionEmbedding:
+        """c(s, t, y) of width ``dim`` from the config's time_dim, time_embedding, time_pair and label_dropout."""
+        cfg = self.config
+        return ConditionEmbedding(dim, cfg.time_dim, cfg.time_embedding, cfg.time_pair, self.num_classes,
+                                  cfg.label_dropout)
+
+    def check_input(self, x: Tensor) -> None:
+        """Images of the shape the backbone was built for."""
+        assert x.shape[1:] == self.shape, f"{self.kind} expects images of shape {self.shape}, got {tuple(x.shape[1:])}"
