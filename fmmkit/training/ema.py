@@ -18,13 +18,9 @@ from fmmkit.spec.schema import EMAConfig
 RAW = "raw"
 
 
-def _number(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() else f"{x:g}"
-
-
 def ema_labels(config: EMAConfig) -> list[str]:
     """``ema-0.999`` for a decay, ``ema-hl500000`` for a half-life of 500000 samples."""
-    return [f"ema-{_number(d)}" for d in config.decays] + [f"ema-hl{_number(h)}" for h in config.half_lives]
+    return config.labels()
 
 
 def sampling_label(spec: Spec) -> str:
