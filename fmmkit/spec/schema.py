@@ -28,14 +28,6 @@ class ComponentSpec:
 
 
 @attrs.define(frozen=True)
-class TeacherSpec:
-    """A frozen teacher velocity: a trained run directory, or a registered teacher kind."""
-
-    run: str | None = None
-    component: ComponentSpec | None = None
-
-
-@attrs.define(frozen=True)
 class OptimConfig:
     """Optimiser (adam, adamw, radam), learning-rate schedule and gradient clipping (0 = off)."""
 
@@ -115,10 +107,6 @@ class EvalConfig:
     seed: int = attrs.field(default=1234, validator=seed_in_range)
 
 
-def _number(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() else f"{x:g}"
-
-
 def _check_decays(instance: Any, attribute: attrs.Attribute[Any], value: list[float]) -> None:
     bad = [d for d in value if not 0 <= d < 1]
     if bad:
@@ -137,14 +125,13 @@ class EMAConfig:
     every: int = attrs.field(default=1, validator=positive)
     sample_with: str = "auto"
 
-    def labels(self) -> list[str]:
-        """``ema-0.999`` for a decay, ``ema-hl500000`` for a half-life of 500000 samples."""
-        return [f"ema-{_number(d)}" for d in self.decays] + [f"ema-hl{_number(h)}" for h in self.half_lives]
-
     def __attrs_post_init__(self) -> None:
-        if self.sample_with not in ("auto", "raw", *self.labels()):
+        from fmmkit.runs.layout import RAW, ema_labels  # the weight files' names live with the run layout
+
+        labels = ema_labels(self)
+        if self.sample_with not in ("auto", RAW, *labels):
             raise SpecValueError("sample_with", f"'{self.sample_with}' is not one of this run's weights; use "
-                                 f"\"auto\", \"raw\" or one of {self.labels()}")
+                                 f"\"auto\", \"{RAW}\" or one of {labels}")
 
 
 @attrs.define(frozen=True)
@@ -195,7 +182,8 @@ class Spec:
     loss: ComponentSpec = attrs.field(metadata={"component": "loss"})
     interpolant: ComponentSpec = attrs.field(metadata={"component": "interpolant", "default_kind": "linear"})
     model: ComponentSpec = attrs.field(metadata={"component": "backbone", "default_kind": "mlp"})
-    teacher: TeacherSpec | None = None
+    #: A frozen teacher velocity: a registered teacher kind; ``[teacher] run = "DIR"`` is the ``run`` teacher.
+    teacher: ComponentSpec | None = None
     optim: OptimConfig = attrs.field(factory=OptimConfig)
     train: TrainConfig = attrs.field(factory=TrainConfig)
     sample: SampleConfig = attrs.field(factory=SampleConfig)

@@ -22,6 +22,7 @@ from torch.overrides import TorchFunctionMode
 
 from fmmkit.core import DataSource
 from fmmkit.registry import Registry
+from fmmkit.runs.layout import ema_labels
 from fmmkit.spec import Spec, SpecError
 
 #: Copies of one micro-batch of points a training step holds at the very least.
@@ -73,7 +74,7 @@ class _LargeTensorsOnMeta(TorchFunctionMode):
 
 def count_parameters(spec: Spec, data: DataSource, registry: Registry) -> int | None:
     """Parameters of the spec's model, its large tensors on the meta device; None if it cannot be built so."""
-    from fmmkit.training.build import build_model
+    from fmmkit.spec.build import build_model
 
     try:
         with _LargeTensorsOnMeta():
@@ -87,7 +88,7 @@ def check_memory(spec: Spec, data: DataSource, registry: Registry, device: torch
     """SpecError (one line, with the estimate) when the model or a micro-batch cannot fit in memory."""
     available = device_memory(device)
     params = count_parameters(spec, data, registry)
-    copies = 4 + len(spec.ema.labels())
+    copies = 4 + len(ema_labels(spec.ema))
     if params is not None and params * BYTES_PER_NUMBER * copies > available:
         need = params * BYTES_PER_NUMBER * copies
         raise SpecError([f"{spec.source}: model: the {spec.model.kind} backbone's {params:.2g} parameters need about "
