@@ -163,6 +163,18 @@ def _blocked() -> set[str]:
     return {p.strip() for p in os.environ.get("FMMKIT_BLOCK_PLUGINS", "").split(",") if p.strip()}
 
 
+def _warn_unknown_blocked(blocked: set[str], builtins: Iterable[str], installed: Iterable[str]) -> None:
+    """A name in FMMKIT_BLOCK_PLUGINS that no plugin has is a typo to report, not a wish to ignore."""
+    installed = sorted(set(installed))
+    known = set(builtins) | set(installed)
+    for name in sorted(blocked - known):
+        close = difflib.get_close_matches(name, sorted(known), n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        warnings.warn(f"FMMKIT_BLOCK_PLUGINS names '{name}', which is not a plugin; {hint}installed plugins: "
+                      f"{', '.join(installed) or '(none)'}, and the built-ins that 'fmmkit plugins' lists",
+                      PluginWarning, stacklevel=3)
+
+
 def _builtin_modules(failures: list[str]) -> list[ModuleType]:
     modules = []
     for name in BUILTIN_PLUGINS:
@@ -213,6 +225,9 @@ def load_registry(extra_plugins: Iterable[tuple[str, Any]] = (), entry_points: b
     if entry_points:
         plugins += [(n, v, obj, False) for n, v, obj in _entry_point_plugins(registry.failures, blocked)]
     plugins += [(n, getattr(obj, "__version__", "?"), obj, False) for n, obj in extra_plugins]
+    if blocked:
+        eps = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP) if entry_points else ()
+        _warn_unknown_blocked(blocked, BUILTIN_PLUGINS, [ep.name for ep in eps] + [n for n, _ in extra_plugins])
     versions: dict[str, str] = {}
     for name, version, obj, builtin in plugins:
         if name in blocked:

@@ -17,7 +17,7 @@ from engine_helpers import assert_same_weights, events, tiny_spec
 from fmmkit.training import checkpoint as ckpt
 from fmmkit.training.checkpoint import CheckpointError, list_checkpoints, read_checkpoint
 from fmmkit.training.distributed import DistEnv
-from fmmkit.training.trainer import resume_run, train
+from fmmkit.training.loop import resume_run, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -17,7 +17,7 @@ from engine_helpers import tiny_spec
 from fmmkit.spec import spec_to_toml
 from fmmkit.spec.loader import structure_spec
 from fmmkit.training.checkpoint import list_checkpoints
-from fmmkit.training.trainer import train
+from fmmkit.training.loop import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -170,7 +170,8 @@ def test_permission_errors_are_one_line_exit_1(run: Path, tmp_path: Path) -> Non
     for name in ("model.safetensors", "ema-0.9.safetensors", "ema-hl200.safetensors"):
         (copy / name).unlink()
     (copy / "checkpoints").chmod(0o555)
-    line = run_process("train", "--resume", str(copy), "--quiet", cwd=tmp_path, unprivileged=True).error_line(status=1)
+    line = run_process("train", "--resume", str(copy), "--quiet", "--set", "train.steps=12", cwd=tmp_path,
+                       unprivileged=True).error_line(status=1)  # the next checkpoint (step 12) cannot be written
     assert "checkpoints" in line and "Permission denied" in line, line
     (copy / "checkpoints").chmod(0o755)
     assert [step for step, _ in list_checkpoints(copy)] == [4, 8]

@@ -15,7 +15,8 @@ from engine_helpers import all_finite, events, nan_term, patch_loss, records, ti
 from fmmkit.spec import spec_to_toml
 from fmmkit.spec.loader import structure_spec
 from fmmkit.training.checkpoint import list_checkpoints
-from fmmkit.training.trainer import TrainingError, train
+from fmmkit.training.errors import TrainingError
+from fmmkit.training.loop import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

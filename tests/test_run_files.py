@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from cli_helpers import run_cli, strict_json
 from engine_helpers import nan_term, patch_loss, records, tiny_spec
-from fmmkit.training.trainer import train
+from fmmkit.training.loop import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -67,8 +67,9 @@ def test_json_files_never_hold_nan_or_infinity(tmp_path: Path, monkeypatch: pyte
         return nan_term(output, "diagonal") if step == 7 else output
 
     patch_loss(monkeypatch, nan_at_last_step)
-    out = train(tiny_spec(train={"on_nonfinite": "skip", "skip_limit": 0.5}), out=tmp_path / "run",
-                progress=False, pictures=False)
+    ode = [{"kind": "euler", "steps": 2}, {"kind": "dopri5", "max_steps": 20}]  # dopri5 cannot finish on NaN weights
+    out = train(tiny_spec(train={"on_nonfinite": "skip", "skip_limit": 0.5}, eval={"ode": ode}),
+                out=tmp_path / "run", progress=False, pictures=False)
     monkeypatch.undo()
     last = strict_json((out / "metrics.jsonl").read_text().splitlines()[-1])
     assert last["step"] == 8 and last["loss"] is None and last["diagonal"] is None
@@ -85,6 +86,7 @@ def test_json_files_never_hold_nan_or_infinity(tmp_path: Path, monkeypatch: pyte
     scores = strict_json((out / "eval.json").read_text())
     assert scores["rows"][0]["metrics"]["energy_distance"] is None
     assert scores["nonfinite"]["rows.0.metrics.energy_distance"] == "nan"
+    assert "dopri5" in scores["rows"][-1]["note"]  # the solver that could not finish is a row with a note
     run_cli("verify", str(out), "--num", "32", "--search-examples", "8")
     report = strict_json((out / "verify.json").read_text())
     index = [law["name"] for law in report["laws"]].index("semigroup")

@@ -6,6 +6,7 @@ machine the user must fix around the command (a full disk, a permission, a run a
 
 from __future__ import annotations
 
+import errno
 import sys
 
 
@@ -25,3 +26,18 @@ class EnvironmentProblem(UserError):
 def warn(message: str) -> None:
     """A one-line warning on stderr (``fmmkit: warning: ...``)."""
     print(f"fmmkit: warning: {message}", file=sys.stderr, flush=True)
+
+
+def os_error_fix(exc: OSError) -> str:
+    """What to do about a failed file operation: the fix for a full disk or a refused permission."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "free some space"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return "check the permissions (or choose another place)"
+    return "fix that and try again"
+
+
+def describe_os_error(exc: OSError) -> str:
+    """'PATH: Permission denied; check the permissions (or choose another place)'."""
+    where = exc.filename if exc.filename is not None else "fmmkit"
+    return f"{where}: {exc.strerror or exc}; {os_error_fix(exc)}"

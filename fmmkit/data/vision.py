@@ -161,8 +161,8 @@ class ImageFolder(ImageSource):
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:  # PIL's decoders raise all four
             if isinstance(exc, PermissionError):
                 raise DataError(f"image_folder: cannot read '{path}' ({exc.strerror})", "root", 1) from None
-            raise DataError(f"image_folder: cannot decode '{path}' ({type(exc).__name__}: {exc}); delete or replace "
-                            "it", "root") from None
+            detail = type(exc).__name__ if path in str(exc) else f"{type(exc).__name__}: {exc}"
+            raise DataError(f"image_folder: cannot decode '{path}' ({detail}); delete or replace it", "root") from None
         return array[:, :, None] if array.ndim == 2 else array  # (size, size, C)
 
     def load(self) -> tuple[Tensor, Tensor | None]:

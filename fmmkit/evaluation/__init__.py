@@ -2,6 +2,7 @@
 
 from fmmkit.evaluation.scores import (
     EvalRow,
+    eval_record,
     evaluate,
     flow_map_rows,
     format_table,
@@ -11,5 +12,5 @@ from fmmkit.evaluation.scores import (
     save_pictures,
 )
 
-__all__ = ["EvalRow", "evaluate", "flow_map_rows", "format_table", "is_image_data", "sampler_rows", "save_panels",
+__all__ = ["EvalRow", "eval_record", "evaluate", "flow_map_rows", "format_table", "is_image_data", "sampler_rows", "save_panels",
            "save_pictures"]

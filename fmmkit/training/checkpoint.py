@@ -21,7 +21,6 @@ that does not fit the run, is reported and the previous one is used.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
@@ -36,7 +35,7 @@ from typing import Any
 
 import torch
 
-from fmmkit.core.errors import EnvironmentProblem, UserError, warn
+from fmmkit.core.errors import EnvironmentProblem, UserError, os_error_fix, warn
 from fmmkit.runs.layout import CHECKPOINT_DIR
 from fmmkit.training.distributed import DistEnv, all_agree, barrier, gather_bytes
 from fmmkit.training.statefile import StateFormatError, dumps_state, loads_state
@@ -185,14 +184,8 @@ def _remove(path: Path) -> None:
 def _write_problem(exc: OSError, run_dir: Path, step: int) -> str:
     earlier = [s for s, _ in list_checkpoints(run_dir) if s != step]
     kept = f"the checkpoint of step {earlier[-1]} is intact" if earlier else "no earlier checkpoint was written"
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        fix = "free some space"
-    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        fix = f"make {run_dir / CHECKPOINT_DIR} writable"
-    else:
-        fix = "fix that"
     return (f"{run_dir / CHECKPOINT_DIR}: {exc.strerror or exc} while writing the checkpoint of step {step}; {kept}; "
-            f"{fix}, then continue with 'fmmkit train --resume {run_dir}'")
+            f"{os_error_fix(exc)}, then continue with 'fmmkit train --resume {run_dir}'")
 
 
 def _regular_file(file: Path) -> os.stat_result:

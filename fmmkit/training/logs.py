@@ -1,6 +1,7 @@
 """What a run reports while it trains: JSON lines always, TensorBoard when installed, a progress bar.
 
-``metrics.jsonl`` gets one record per ``train.log_every`` steps ({"step": steps done, "loss": ...,
+Records are standard JSON: a non-finite value (a skipped step's loss) is written as null, with a
+``"nonfinite"`` note saying what it was. ``metrics.jsonl`` gets one record per ``train.log_every`` steps ({"step": steps done, "loss": ...,
 each loss term, "lr", "grad_norm", "samples_per_s", "elapsed_s"}); ``events.jsonl`` gets
 {"event": "checkpoint" | "resume" | "skipped" | "stopped" | "interrupted", "step": ..., ...}. Only
 rank 0 writes. On resume, records past the checkpoint's step (from the interrupted attempt) are
@@ -20,7 +21,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from fmmkit.core.errors import warn
-from fmmkit.runs.files import atomic_write_text
+from fmmkit.runs.files import atomic_write_text, json_text
 from fmmkit.runs.layout import EVENTS_FILE, METRICS_FILE, TENSORBOARD_DIR
 
 
@@ -71,7 +72,7 @@ class JsonLines:
             warn(f"{self.path} was deleted or moved while the run was writing it; continuing in a new file")
             self.file.close()
             self.file = open(self.path, "a")
-        self.file.write(json.dumps(record) + "\n")
+        self.file.write(json_text(record) + "\n")
         self.file.flush()
 
     def close(self) -> None:

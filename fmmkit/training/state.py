@@ -134,8 +134,10 @@ def restore(state: TrainState, loaded: LoadedCheckpoint, env: DistEnv, plan: Bat
 def write_checkpoint(out: Path, state: TrainState, env: DistEnv, spec: Spec, plan: BatchPlan, sharded: bool) -> Path:
     """Save ``state`` as checkpoint ``step-N`` (every process takes part)."""
     shared, per_rank = checkpoint_parts(state, sharded)
+    from fmmkit.training.resume import comparable
+
     meta = {"parallel": "fsdp" if sharded else "ddp", "micro_batches": plan.micro_batches,
-            "fmmkit": __version__, "torch": torch.__version__}
+            "fmmkit": __version__, "torch": torch.__version__, "spec": comparable(spec)}
     return save_checkpoint(out, state.step, shared, per_rank, env, spec.checkpoint.keep, meta, gather=not sharded,
                            device=state.streams[0].device)
 

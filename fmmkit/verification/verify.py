@@ -64,8 +64,9 @@ DESCRIPTIONS: dict[str, str] = {
 }
 
 ORDERS = ("forward", "both")
-#: The worst-triple search needs this many examples (hypothesis, random and compass stages).
-MIN_SEARCH_EXAMPLES = 4
+#: The worst-triple search needs this many examples (hypothesis, random and compass stages); more
+#: than MAX_SEARCH_EXAMPLES would run for days.
+MIN_SEARCH_EXAMPLES, MAX_SEARCH_EXAMPLES = 4, 1_000_000
 GROWTH_EDGES = (0.0, 0.05, 0.1, 0.2, 0.4, 0.7, 1.0)
 
 

@@ -1,4 +1,4 @@
-"""How much memory training a spec needs, estimated before anything is allocated.
+"""How much memory a spec's training, or one command, needs: estimated before anything is allocated.
 
 The backbone is built with its large tensors on PyTorch's ``meta`` device (shapes only, no memory)
 to count its parameters P.
@@ -10,6 +10,10 @@ and one micro-batch of B points of D numbers each needs at least 4 bytes x B x D
 (the data, the noise, the interpolant, the network's output and the target, and the tangents of a
 JVP). Both are lower bounds; a spec whose bound exceeds the device's memory cannot run, and
 ``fmmkit spec check`` says so in one line instead of the allocator failing (or the OOM killer firing).
+
+The commands that draw samples (``sample``, ``eval``, ``verify``) bound what one call may allocate
+(``--max-memory``, default half the machine's memory) with the same kind of lower bound: the points
+they hold at once times their size, and a sampler's time grid.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from fmmkit.core import DataSource
+from fmmkit.core.errors import UserError
 from fmmkit.registry import Registry
 from fmmkit.runs.layout import ema_labels
 from fmmkit.spec import Spec, SpecError
@@ -84,8 +89,11 @@ def count_parameters(spec: Spec, data: DataSource, registry: Registry) -> int | 
     return sum(p.numel() for p in model.parameters())
 
 
-def check_memory(spec: Spec, data: DataSource, registry: Registry, device: torch.device, processes: int = 1) -> None:
-    """SpecError (one line, with the estimate) when the model or a micro-batch cannot fit in memory."""
+def check_memory(spec: Spec, data: DataSource, registry: Registry, device: torch.device,
+                 processes: int | None = None) -> None:
+    """SpecError (one line, with the estimate) when the model or a micro-batch cannot fit in memory
+    (``processes``: of a torchrun job, default $WORLD_SIZE, which shares a batch of micro_batches = 0)."""
+    processes = processes or int(os.environ.get("WORLD_SIZE", "1"))
     available = device_memory(device)
     params = count_parameters(spec, data, registry)
     copies = 4 + len(ema_labels(spec.ema))
@@ -101,3 +109,42 @@ def check_memory(spec: Spec, data: DataSource, registry: Registry, device: torch
         raise SpecError([f"{spec.source}: train.batch_size: {points} points per micro-batch need at least "
                          f"{format_bytes(need)} ({POINT_COPIES} copies of each point) but this machine has "
                          f"{format_bytes(available)}; lower train.batch_size or raise train.micro_batches"])
+
+
+#: Working copies of the batch each sampler holds (the state, the output, its stages).
+SAMPLER_COPIES = {None: 3, "flow_map": 3, "euler": 3, "heun": 4, "midpoint": 4, "rk4": 7, "dopri5": 10}
+#: Copies of the evaluation points verify holds (the laws' maps, JVP tangents and residuals).
+VERIFY_COPIES = 24
+GIB = 2**30
+
+
+def default_call_limit() -> float:
+    """The default ``--max-memory`` in GiB: half the machine's memory."""
+    return device_memory(torch.device("cpu")) / 2 / GIB
+
+
+def sampling_bytes(point_numel: int, num: int, steps: int = 1, solver: str | None = None) -> dict[str, int]:
+    """Lower bound of one ``sample`` call, by what drives it: {"num": the points and the sampler's
+    copies of them, "steps": the time grid (steps + 1 float64 times)}."""
+    copies = SAMPLER_COPIES.get(solver, max(SAMPLER_COPIES.values()))
+    return {"num": num * point_numel * BYTES_PER_NUMBER * copies, "steps": (steps + 1) * 8}
+
+
+def evaluation_bytes(point_numel: int, num: int, rows: int) -> int:
+    """Lower bound of ``eval``: the reference, the noise and every row's samples of ``num`` points."""
+    return num * point_numel * BYTES_PER_NUMBER * (rows + 2 + max(SAMPLER_COPIES.values()))
+
+
+def verification_bytes(point_numel: int, num: int) -> int:
+    """Lower bound of ``verify`` with ``num`` points."""
+    return num * point_numel * BYTES_PER_NUMBER * VERIFY_COPIES
+
+
+def check_call(parts: dict[str, int], values: dict[str, int], limit_gib: float) -> None:
+    """UserError naming the flag that drives a call past ``limit_gib`` (parts: flag -> bytes it drives)."""
+    need = sum(parts.values())
+    if need > limit_gib * GIB:
+        flag = max(parts, key=lambda k: parts[k])
+        raise UserError(f"--{flag} {values[flag]}: needs about {format_bytes(need)}, more than the "
+                        f"{format_bytes(limit_gib * GIB)} one call may use; lower it, or raise the bound with "
+                        "--max-memory GIB")
