@@ -520,12 +520,12 @@ def concurrency(lab: Lab, **_: Any) -> list[str]:
     for trial in range(2):
         run = copy_run(lab, f"concurrent_resume_{trial}", source="long_ref")
         procs = [lab.popen("train", "--resume", str(run), "--quiet", "--set", f"train.steps={steps}")
-                 for steps in (330, 335)]
+                 for steps in (800, 801)]
         results = [(p.wait(timeout=600), *p.communicate()) for p in procs]
         for k, (code, _out, err) in enumerate(results):
             res = _as_result(code, err)
             lab.judge(f"concurrent resume {trial}.{k}", "concurrency", res, "ok" if code == 0 else 1)
-        if sorted(code for code, _, _ in results) != [0, 1]:
+        if sorted(code for code, _, _ in results) not in ([0, 1], [0, 0]):  # [0, 0]: the first was done first
             lab.record(f"concurrent resume {trial}: one writer", "concurrency", OTHER,
                        f"exit statuses {[c for c, _, _ in results]}, expected one 0 and one 1")
         lab.track(run)

@@ -61,19 +61,19 @@ def test_one_writer_per_run_directory(live_writer: tuple[subprocess.Popen, Path]
 
 @pytest.mark.slow
 def test_concurrent_resumes_leave_one_consistent_run(tmp_path: Path) -> None:
-    """Two resumes started together: one trains, the other is refused; the files agree with each other."""
+    """Two resumes started together: one trains while the other is refused (or, if the first was done
+    before the second started, the second continues it); the files agree with an uninterrupted run."""
     constant = {"schedule": "constant", "warmup_steps": 0}  # the same schedule whatever train.steps is
     out = train(tiny_spec(train={"threads": 1}, optim=constant), out=tmp_path / "run", progress=False, pictures=False)
     procs = [subprocess.Popen(cli_command("train", "--resume", str(out), "--quiet", "--set", f"train.steps={steps}"),
-                              stderr=subprocess.PIPE, text=True) for steps in (30, 31)]
-    results = [(p.wait(timeout=300), p.stderr.read() if p.stderr else "") for p in procs]
+                              stderr=subprocess.PIPE, text=True) for steps in (400, 401)]
+    results = [(p.wait(timeout=600), p.stderr.read() if p.stderr else "") for p in procs]
     codes = sorted(code for code, _ in results)
-    assert codes == [0, 1], results
-    refused = next(err for code, err in results if code == 1)
-    assert "the run is being written by another process" in refused and "Traceback" not in refused, refused
-    steps = 30 if results[0][0] == 0 else 31
+    assert codes in ([0, 1], [0, 0]), results
+    for code, err in results:
+        assert "Traceback" not in err and (code == 0 or "the run is being written by another process" in err), err
+    steps = json.loads((out / "run.json").read_text())["steps"]
     assert f"steps = {steps}\n" in (out / "spec.toml").read_text()
-    assert json.loads((out / "run.json").read_text())["steps"] == steps
     straight = train(tiny_spec(train={"threads": 1, "steps": steps}, optim=constant), out=tmp_path / "straight",
                      progress=False, pictures=False)
     assert_same_weights(out / "model.safetensors", straight / "model.safetensors")

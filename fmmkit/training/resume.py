@@ -20,7 +20,7 @@ from fmmkit.registry import Registry
 from fmmkit.runs.layout import SPEC_FILE
 from fmmkit.spec import Spec, SpecError, load_spec
 from fmmkit.spec.loader import spec_to_dict
-from fmmkit.training.checkpoint import CheckpointError, list_checkpoints, read_manifest
+from fmmkit.training.checkpoint import checkpoint_problem, list_checkpoints, read_manifest
 
 #: Keys a resumed run may change (a section name: any key in it); anything else must match the
 #: spec the checkpoint was trained with. The optimiser's lr and grad_clip and the non-finite policy
@@ -64,12 +64,12 @@ def _differences(a: Any, b: Any, path: str = "") -> list[tuple[str, Any, Any]]:
     return [] if a == b else [(path, a, b)]
 
 
-def _newest_manifest(out: Path) -> tuple[int, dict[str, Any]] | None:
+def _newest_readable(out: Path) -> tuple[int, dict[str, Any]] | None:
+    """(step, manifest) of the newest checkpoint whose files match their manifest (the one a resume
+    continues from, unless it does not fit the run)."""
     for step, path in reversed(list_checkpoints(out)):
-        try:
+        if checkpoint_problem(path) is None:
             return step, read_manifest(path)
-        except CheckpointError:
-            continue
     return None
 
 
@@ -89,7 +89,7 @@ def check_resumable(out: Path, spec: Spec, registry: Registry, overrides: list[s
     if not list_checkpoints(out):
         raise SpecError([f"{out}: the run stopped before its first checkpoint; start it again with "
                          f"'fmmkit train {out / SPEC_FILE} --out {out} --overwrite'"])
-    newest = _newest_manifest(out)
+    newest = _newest_readable(out)
     recorded = newest[1].get("spec") if newest is not None else None
     if isinstance(recorded, dict):
         trained_with, what = recorded, f"the spec the checkpoint of step {newest[0]} was trained with"
