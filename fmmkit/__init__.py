@@ -34,11 +34,12 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
 
 
-def load_run(run_dir: str):  # type: ignore[no-untyped-def]
-    """Load a trained run directory: ``.flow_map(x, s, t)`` and ``.sample(n, steps=K)``."""
+def load_run(run_dir, **kwargs):  # type: ignore[no-untyped-def]
+    """Load a trained run directory: ``.flow_map(x, s, t)`` and ``.sample(n, steps=K)``; keyword
+    arguments as :func:`fmmkit.runs.run.load_run` (``weights="raw"``, ``device``, ``registry``)."""
     from fmmkit.runs.run import load_run as _load_run
 
-    return _load_run(run_dir)
+    return _load_run(run_dir, **kwargs)
 
 
 def train(spec, **kwargs):  # type: ignore[no-untyped-def]

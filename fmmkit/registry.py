@@ -249,6 +249,18 @@ def blocked_names() -> set[str]:
     return {_normalized(p.strip()) for p in os.environ.get(BLOCK_VARIABLE, "").split(",") if p.strip()}
 
 
+def _warn_unknown_blocked(blocked: set[str], builtins: Iterable[str], installed: Iterable[str]) -> None:
+    """A name in FMMKIT_BLOCK_PLUGINS that no plugin has is a typo to report, not a wish to ignore."""
+    installed = sorted(set(installed))
+    known = {_normalized(n) for n in (*builtins, *installed)}
+    for name in sorted(blocked - known):
+        close = difflib.get_close_matches(name, sorted(known), n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        warnings.warn(f"FMMKIT_BLOCK_PLUGINS names '{name}', which is not a plugin; {hint}installed plugins: "
+                      f"{', '.join(installed) or '(none)'}, and the built-ins that 'fmmkit plugins' lists",
+                      PluginWarning, stacklevel=3)
+
+
 @dataclass
 class _Candidate:
     name: str
@@ -300,8 +312,12 @@ def load_registry(extra_plugins: Iterable[tuple[str, Any]] = (), entry_points: b
     blocked = blocked_names()
     pm = make_plugin_manager()
     trace = _tracing()
+    candidates = _candidates(extra_plugins, entry_points)
+    if blocked:
+        _warn_unknown_blocked(blocked, [c.name for c in candidates if c.builtin],
+                              sorted({n for c in candidates if not c.builtin for n in (c.name, c.distribution)}))
     versions: dict[str, str] = {}
-    for cand in _candidates(extra_plugins, entry_points):
+    for cand in candidates:
         if _normalized(cand.name) in blocked or _normalized(cand.distribution) in blocked:
             registry.blocked.append(BlockedPlugin(cand.name, cand.version, cand.distribution, cand.load))
             continue

@@ -128,3 +128,4 @@ def test_a_metric_that_does_not_fit_the_data_is_one_line(tmp_path: Path, capsys:
     assert main(["eval", str(out), "--num", "50"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "eval.metrics: metric 'histogram_kl' cannot score this run's data" in err[0]
+    assert "--set" not in err[0], "eval takes no --set; the fix is in the run's spec.toml"

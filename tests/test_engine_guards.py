@@ -45,7 +45,7 @@ def test_cli_prints_the_nan_stop_as_one_line(tmp_path: Path, monkeypatch, capsys
 def test_skip_drops_the_bad_steps_and_finishes(tmp_path: Path, monkeypatch) -> None:
     patch_loss(monkeypatch, lambda step, out: nan_term(out, "lagrangian") if step in (2, 3) else out)
     out = tmp_path / "run"
-    train(tiny_spec(train={"on_nonfinite": "skip"}), out=out, progress=False, pictures=False)
+    train(tiny_spec(train={"on_nonfinite": "skip", "skip_limit": 0.25}), out=out, progress=False, pictures=False)
     skipped = [r["step"] for r in events(out) if r["event"] == "skipped"]
     assert skipped == [3, 4]
     for name in ("model.safetensors", "ema-0.9.safetensors"):

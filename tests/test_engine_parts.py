@@ -13,6 +13,7 @@ import torch
 
 from engine_helpers import assert_same_weights, records, tiny_spec
 from fmmkit.cli import main
+from fmmkit.core.validators import SpecValueError
 from fmmkit.spec import SpecError, load_spec
 from fmmkit.spec.schema import EMAConfig, TrainConfig
 from fmmkit.training.checkpoint import list_checkpoints, read_checkpoint
@@ -109,7 +110,9 @@ def test_batch_plan_splits_the_global_batch_over_processes() -> None:
     with pytest.raises(SpecError, match="train.micro_batches: 3 micro-batches cannot be shared by 2"):
         BatchPlan.make(TrainConfig(batch_size=60, micro_batches=3), DistEnv(0, 2), "s")
     with pytest.raises(SpecError, match="train.batch_size: 10 points do not split into 4"):
-        BatchPlan.make(TrainConfig(batch_size=10, micro_batches=4), DistEnv(0, 1), "s")
+        BatchPlan.make(TrainConfig(batch_size=10), DistEnv(0, 4), "s")  # one micro-batch per process
+    with pytest.raises(SpecValueError, match="batch_size: 10 points do not split into 4"):
+        TrainConfig(batch_size=10, micro_batches=4)  # a split the spec itself names is checked with the spec
 
 
 def test_streams_are_per_slot_and_leave_the_global_generator_alone() -> None:

@@ -34,11 +34,22 @@ QUICK = {"train.steps": 2, "train.batch_size": 8, "train.threads": 1, "train.dev
          "sample.num_pictures": 4, "sample.picture_solver_steps": 2}
 
 
-@pytest.mark.parametrize("name", ["digits_teacher.toml", *CIFAR_SPECS])
-def test_spec_check_accepts_the_examples_without_data(name: str, capsys: pytest.CaptureFixture[str]) -> None:
-    """The CIFAR-10 root does not exist here: its pixels are read on the first draw, not at build."""
+def test_spec_check_accepts_the_digits_example(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["spec", "check", str(EXAMPLES / "digits_teacher.toml")]) == 0
+    assert capsys.readouterr().out.strip().endswith(": ok")
+
+
+@pytest.mark.parametrize("name", CIFAR_SPECS)
+def test_spec_check_names_a_missing_cifar_root_and_reads_no_pixels(name: str, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """Without the CIFAR-10 folder spec check says where to put it (train would refuse it); with the
+    folder there it passes without reading a pixel (they are read on the first draw)."""
     assert not (Path("data/cifar10") / "cifar-10-batches-py").exists()
-    assert main(["spec", "check", str(EXAMPLES / name)]) == 0
+    assert main(["spec", "check", str(EXAMPLES / name)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "data.root: cifar10: no data under 'data/cifar10'" in err[0], err
+    (tmp_path / "cifar-10-batches-py").mkdir()  # empty: reading it would fail, checking it does not
+    assert main(["spec", "check", str(EXAMPLES / name), "--set", f"data.root={json.dumps(str(tmp_path))}"]) == 0
     assert capsys.readouterr().out.strip().endswith(": ok")
 
 

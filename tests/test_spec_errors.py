@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
-import os
-from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from fmmkit.cli import main
+from cli_helpers import Result, run_cli
 
 GOOD = """
 name = "ok"
@@ -44,37 +41,64 @@ CASES = {
     "invalid_toml": ("[data\nkind = 1\n", r"invalid TOML: "),
     "bad_grid_entry": (GOOD + "[sample]\nsteps = [1, -2]\n", r"sample\.steps: must be > 0, got -2"),
     "table_expected": ("train = 3\n" + GOOD, r"train: expected a table, got 3"),
+    # issue 14: misleading messages and tracebacks
+    "string_for_list": (GOOD + '[optim]\nbetas = "0.9, 0.999"\n',
+                        r"optim\.betas: expected an array, got '0\.9, 0\.999' \(a string\)$"),
+    "utf8_bom": ("\ufeff" + GOOD, r"starts with a UTF-8 byte-order mark \(BOM\); save it as UTF-8 without a BOM"),
+    "npy_without_path": (GOOD.replace('"checkerboard"', '"npy"'), r"data\.path: missing \(required by dataset 'npy'\)"),
+    "misspelt_kind": (GOOD.replace('kind = "flow_matching"', 'kindx = "flow_matching"'),
+                      r"loss\.kindx: unknown key; did you mean 'kind'\?"),
+    "lr_inf": (GOOD + "[optim]\nlr = inf\n", r"optim\.lr: expected a finite number, got inf"),
+    "noise_inf": (GOOD + "[interpolant]\nnoise = inf\n", r"interpolant\.noise: expected a finite number, got inf"),
+    "grad_clip_nan": (GOOD + "[optim]\ngrad_clip = nan\n", r"optim\.grad_clip: expected a finite number, got nan"),
+    "seed_negative": (GOOD + "[train]\nseed = -1\n", r"train\.seed: must be in \[0, 9223372036854775807\]"),
+    "width_unallocatable": (GOOD + '[model]\nkind = "mlp"\nwidth = 1000000000\n',
+                            r"model: .* parameters need about [0-9.]+ [KMGTPE]iB .*this machine has [0-9.]+ [KMGTPE]iB"),
+    "batch_unallocatable": (GOOD + "[train]\nbatch_size = 100000000000\n",
+                            r"train\.batch_size: .*need at least [0-9.]+ [KMGTPE]iB .*this machine has [0-9.]+ [KMGTPE]iB"),
+    "unknown_sample_with": (GOOD + '[ema]\ndecays = [0.9]\nsample_with = "ema-5"\n',
+                            r"ema\.sample_with: 'ema-5' is not one of this run's weights"),
+    "micro_batches_split": (GOOD + "[train]\nmicro_batches = 3\n",
+                            r"train\.batch_size: 1024 points do not split into 3 equal micro-batches"),
+    "image_root_missing": ('[data]\nkind = "image_folder"\nroot = "nowhere"\n[loss]\nkind = "flow_matching"\n'
+                           '[model]\nkind = "unet"\n', r"data\.root: no directory 'nowhere'"),
+    "npy_missing_file": (GOOD.replace('kind = "checkerboard"', 'kind = "npy"\npath = "nope.npy"'),
+                         r"data\.path: file 'nope\.npy' does not exist"),
+    "npy_not_an_array": (GOOD.replace('kind = "checkerboard"', 'kind = "npy"\npath = "text.npy"'),
+                         r"data\.path: 'text\.npy' is not a readable \.npy array"),
+    "npy_zero_features": (GOOD.replace('kind = "checkerboard"', 'kind = "npy"\npath = "zero.npy"'),
+                          r"data\.path: 'zero\.npy' has shape \(10, 0\): points with no features"),
+    "npy_huge_scale": (GOOD.replace('kind = "checkerboard"', 'kind = "npy"\npath = "huge.npy"'),
+                       r"data\.path: 'huge\.npy' holds values as large as 1e\+30.*standardize = true"),
+    "npy_bad_labels": (GOOD.replace('kind = "checkerboard"', 'kind = "npy"\npath = "ok.npy"\nlabels_path = "text.npy"'),
+                       r"data\.labels_path: 'text\.npy' is not a readable \.npy array"),
 }
 
-
-@dataclass
-class Result:
-    returncode: int
-    stdout: str
-    stderr: str
-
-
-def run_cli(*args: str, cwd: Path) -> Result:
-    """``fmmkit ARGS`` in-process, as the console script runs it, with its exit status and output."""
-    out, err = io.StringIO(), io.StringIO()
-    old = os.getcwd()
-    os.chdir(cwd)
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = main(list(args))
-    finally:
-        os.chdir(old)
-    return Result(code, out.getvalue(), err.getvalue())
+#: Data files next to the specs (the npy cases read them).
+DATA_FILES = {
+    "text.npy": b"not an array",
+    "zero.npy": np.zeros((10, 0), dtype=np.float32),
+    "huge.npy": np.full((10, 2), 1e30, dtype=np.float32),
+    "ok.npy": np.zeros((10, 2), dtype=np.float32),
+}
 
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Result]:
     """Check every malformed spec with the CLI, as a user runs it."""
     root = tmp_path_factory.mktemp("specs")
+    for name, content in DATA_FILES.items():
+        if isinstance(content, bytes):
+            (root / name).write_bytes(content)
+        else:
+            np.save(root / name, content)
     out = {}
     for name, (text, _) in CASES.items():
         (root / f"{name}.toml").write_text(text)
-        out[name] = run_cli("spec", "check", f"{name}.toml", cwd=root)
+        try:
+            out[name] = run_cli("spec", "check", f"{name}.toml", cwd=root)
+        except Exception as exc:  # noqa: BLE001 - a traceback is what each case must not give
+            out[name] = Result(-1, "", f"Traceback (escaped the CLI): {type(exc).__name__}: {exc}")
     return out
 
 
@@ -101,4 +125,28 @@ def test_bad_override_is_named(tmp_path: Path) -> None:
     proc = run_cli("spec", "check", "ok.toml", "--set", "train.steps", cwd=tmp_path)
     assert proc.returncode == 2 and "--set train.steps: expected KEY.PATH=VALUE" in proc.stderr
     proc = run_cli("spec", "check", "ok.toml", "--set", "train.steps=-4", cwd=tmp_path)
-    assert proc.returncode == 2 and "train.steps: must be >= 0, got -4" in proc.stderr
+    assert proc.error_line() == "fmmkit: error: --set train.steps=-4: train.steps: must be >= 0, got -4"
+
+
+def test_override_mistakes_are_attributed_to_the_override_not_the_file(tmp_path: Path) -> None:
+    (tmp_path / "ok.toml").write_text(GOOD)
+    cases = {
+        "train.stepz=3": "train.stepz: unknown key; did you mean 'steps'?",
+        "optim.lr=inf": "optim.lr: expected a finite number, got inf",
+        "train.seed=18446744073709551616": "train.seed: must be in [",
+        'loss.kind="flow_matchin"': "loss.kind: unknown loss 'flow_matchin'; did you mean 'flow_matching'?",
+        "optim=3": "optim: expected a table, got 3",
+    }
+    for override, problem in cases.items():
+        line = run_cli("spec", "check", "ok.toml", "--set", override, cwd=tmp_path).error_line()
+        assert line.startswith(f"fmmkit: error: --set {override}: {problem}"), line
+    # a mistake in the file is still the file's, whatever --set says
+    (tmp_path / "bad.toml").write_text(GOOD + "[optim]\nlr = -1.0\n")
+    line = run_cli("spec", "check", "bad.toml", "--set", "train.steps=4", cwd=tmp_path).error_line()
+    assert line == "fmmkit: error: bad.toml: optim.lr: must be > 0, got -1.0", line
+
+
+def test_a_spec_path_that_is_a_directory_says_so(tmp_path: Path) -> None:
+    (tmp_path / "specs").mkdir()
+    line = run_cli("spec", "check", "specs", cwd=tmp_path).error_line()
+    assert line == "fmmkit: error: specs: is a directory, not a spec file; give the path of a .toml file", line

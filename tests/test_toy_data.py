@@ -127,8 +127,8 @@ def test_npy_loads_standardizes_and_labels(registry, tmp_path: Path) -> None:  #
         (np.zeros(10), None, r"shape \(10,\)"),
         (np.array([[1.0, np.nan]]), None, "NaN"),
         (np.array(["a", "b"])[:, None], None, "dtype"),
-        (np.zeros((10, 2)), np.zeros(9, dtype=np.int64), "labels file"),
-        (np.zeros((10, 2)), np.zeros(10), "labels file"),
+        (np.zeros((10, 2)), np.zeros(9, dtype=np.int64), "expected 10 non-negative integers"),
+        (np.zeros((10, 2)), np.zeros(10), "expected 10 non-negative integers"),
     ],
 )
 def test_npy_errors_name_the_file(tmp_path: Path, content, labels, match: str) -> None:  # type: ignore[no-untyped-def]
@@ -144,6 +144,7 @@ def test_npy_errors_name_the_file(tmp_path: Path, content, labels, match: str) -
     message = str(info.value)
     assert "\n" not in message and ("data.npy" in message or "labels.npy" in message)
     assert isinstance(info.value, ValueError)
+    assert info.value.key == ("labels_path" if labels is not None else "path")  # the spec layer names data.KEY
 
 
 def test_save_sample_grid_writes_png(tmp_path: Path) -> None:

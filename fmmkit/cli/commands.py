@@ -3,8 +3,8 @@
   fmmkit train SPEC|NAME [--out DIR] [--set KEY.PATH=VALUE ...]   (NAME: a built-in spec, fmmkit spec list)
   fmmkit train --resume RUN_DIR [--set train.steps=N]
   torchrun --nproc_per_node N -m fmmkit.cli train SPEC --out DIR
-  fmmkit sample RUN_DIR --steps K --num N --out FILE(.npy|.png)
-  fmmkit eval RUN_DIR [--num N]
+  fmmkit sample RUN_DIR --steps K --num N --out FILE(.npy|.png) [--max-memory GIB]
+  fmmkit eval RUN_DIR [--num N] [--max-memory GIB]
   fmmkit plugins
   fmmkit spec check|show SPEC|NAME [--set ...]
   fmmkit spec list
@@ -17,16 +17,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from fmmkit.core.errors import UserError
+from fmmkit.core.errors import EnvironmentProblem, UserError, describe_os_error, os_error_fix
 from fmmkit.losses.times import TIME_ORDERS
 from fmmkit.registry import PluginWarning, plural
 from fmmkit.runs.layout import EVAL_FILE, VERIFY_FILE
 from fmmkit.spec.errors import SpecWarning
+from fmmkit.training.signals import TrainingInterrupted
 
 
 def _one_line_warnings() -> None:
@@ -40,9 +42,47 @@ def _one_line_warnings() -> None:
     warnings.formatwarning = fmt  # type: ignore[assignment]
 
 
+def at_least(flag: str, value: int | float, least: int | float) -> None:
+    """UserError unless ``value`` >= ``least`` (``--num: must be >= 1, got 0``)."""
+    if value < least:
+        raise UserError(f"{flag}: must be >= {least}, got {value}")
+
+
+def seed_in_range(flag: str, value: int) -> None:
+    """UserError unless ``value`` is a seed torch accepts (the spec's own range for seeds)."""
+    from fmmkit.spec.schema import SEED_RANGE
+
+    if not SEED_RANGE[0] <= value <= SEED_RANGE[1]:
+        raise UserError(f"{flag}: must be in [{SEED_RANGE[0]}, {SEED_RANGE[1]}], got {value}")
+
+
+def memory_limit(args: argparse.Namespace) -> float:
+    """``--max-memory`` in GiB (default: half the machine's memory)."""
+    from fmmkit.memory import default_call_limit
+
+    if args.max_memory is None:
+        return default_call_limit()
+    if not args.max_memory > 0:
+        raise UserError(f"--max-memory: must be > 0, got {args.max_memory}")
+    return float(args.max_memory)
+
+
+def write_results(path: Path, data: object) -> None:
+    """Write eval.json / verify.json after the results were shown; a refusal is one line (exit 1)."""
+    from fmmkit.runs.files import atomic_write_json
+
+    try:
+        atomic_write_json(path, data)
+    except OSError as exc:
+        raise EnvironmentProblem(f"{path}: cannot write ({exc.strerror or exc}); the results above were not saved; "
+                                 f"{os_error_fix(exc)}") from None
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     import os
 
+    from fmmkit.runs.files import read_json
+    from fmmkit.runs.layout import RUN_INFO_FILE
     from fmmkit.training.loop import resume_run, train
 
     if args.resume is not None:
@@ -54,19 +94,31 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         out = train(args.spec, out=args.out, overrides=args.set, overwrite=args.overwrite, progress=not args.quiet)
     if os.environ.get("RANK", "0") == "0":
-        print(f"trained: {out}")
+        info = read_json(out / RUN_INFO_FILE)
+        print(f"trained: {out} ({info['steps']} steps, {info.get('skipped', 0)} skipped)")
     return 0
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
+    import math
+
     import numpy as np
 
+    from fmmkit.memory import check_call, sampling_bytes
     from fmmkit.runs.run import load_run
 
-    run = load_run(args.run_dir)
+    at_least("--num", args.num, 1)
+    at_least("--steps", args.steps, 1)
+    seed_in_range("--seed", args.seed)
+    limit = memory_limit(args)
     out = Path(args.out)
+    if out.is_dir():
+        raise UserError(f"--out {out}: is a directory; give a .npy or .png file name")
     if out.suffix not in (".npy", ".png"):
         raise UserError(f"--out {out}: use a .npy or .png file name")
+    run = load_run(args.run_dir)
+    parts = sampling_bytes(math.prod(run.data.shape), args.num, args.steps, args.solver)
+    check_call(parts, {"num": args.num, "steps": args.steps}, limit)
     result = run.sample_result(args.num, steps=args.steps, seed=args.seed, solver=args.solver)
     samples = result.x.float().cpu().numpy()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -82,11 +134,24 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from fmmkit.evaluation import evaluate, format_table
+    import math
 
-    rows = evaluate(args.run_dir, num_samples=args.num)
-    print(format_table(rows))
-    print(f"written: {Path(args.run_dir) / EVAL_FILE}")
+    from fmmkit.evaluation import eval_record, evaluate, format_table
+    from fmmkit.memory import check_call, evaluation_bytes
+    from fmmkit.runs.run import load_run
+
+    if args.num is not None:
+        at_least("--num", args.num, 2)
+    limit = memory_limit(args)
+    run = load_run(args.run_dir)
+    num = args.num or run.spec.eval.num_samples
+    rows = len(run.spec.sample.steps) + len(run.spec.eval.ode)
+    check_call({"num": evaluation_bytes(math.prod(run.data.shape), num, rows)}, {"num": num}, limit)
+    results = evaluate(run, num_samples=num, write=False)
+    print(format_table(results), flush=True)  # shown before eval.json is written: a read-only run still shows them
+    path = run.path / EVAL_FILE
+    write_results(path, eval_record(results, num))
+    print(f"written: {path}")
     return 0
 
 
@@ -126,8 +191,12 @@ def cmd_spec(args: argparse.Namespace) -> int:
     if args.action == "show":
         print(spec_to_toml(spec), end="")
     else:
-        pipeline = build_pipeline(spec)  # builds every component, so build-time errors show here too
+        from fmmkit.training.distributed import DistEnv
+        from fmmkit.training.sharding import BatchPlan
+
+        pipeline = build_pipeline(spec)  # builds every component (and checks data and memory): build-time errors show here
         build_metrics(spec, pipeline.registry)
+        BatchPlan.make(spec.train, DistEnv(), spec.source)
         print(f"{args.spec}: ok")
     return 0
 
@@ -163,15 +232,29 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from fmmkit.runs.files import atomic_write_text
-    from fmmkit.verification import VerifySettings, format_report, parse_thresholds, verify_run
+    import math
 
+    from fmmkit.memory import check_call, verification_bytes
+    from fmmkit.runs.run import load_run
+    from fmmkit.verification import VerifySettings, format_report, parse_thresholds, verify_run
+    from fmmkit.verification.verify import MAX_SEARCH_EXAMPLES, MIN_SEARCH_EXAMPLES
+
+    at_least("--num", args.num, 2)
+    if args.search_examples < MIN_SEARCH_EXAMPLES:
+        raise UserError(f"--search-examples: must be >= {MIN_SEARCH_EXAMPLES} (the search needs {MIN_SEARCH_EXAMPLES} "
+                        f"examples), got {args.search_examples}")
+    if args.search_examples > MAX_SEARCH_EXAMPLES:
+        raise UserError(f"--search-examples: must be <= {MAX_SEARCH_EXAMPLES}, got {args.search_examples}")
+    seed_in_range("--seed", args.seed)
+    limit = memory_limit(args)
     settings = VerifySettings(num_points=args.num, search_examples=args.search_examples, seed=args.seed,
                               order=args.order, derivative=args.derivative, thresholds=parse_thresholds(args.threshold))
-    report = verify_run(args.run_dir, settings)
-    print(report.to_json() if args.json else format_report(report))
-    out = Path(args.run_dir) / VERIFY_FILE
-    atomic_write_text(out, report.to_json())
+    run = load_run(args.run_dir)
+    check_call({"num": verification_bytes(math.prod(run.data.shape), args.num)}, {"num": args.num}, limit)
+    report = verify_run(run, settings)
+    print(report.to_json() if args.json else format_report(report), flush=True)
+    out = run.path / VERIFY_FILE
+    write_results(out, report.to_dict())
     if not args.json:
         print(f"written: {out}")
     return 0 if report.passed else 1
@@ -184,6 +267,10 @@ def build_parser() -> argparse.ArgumentParser:
     def add_set(p: argparse.ArgumentParser) -> None:
         p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
                        help="override a spec key, e.g. --set train.steps=500 (repeatable)")
+
+    def add_max_memory(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--max-memory", type=float, metavar="GIB",
+                       help="the most memory (GiB) this call may allocate (default: half of the machine's)")
 
     p = sub.add_parser("train", help="train a spec into a run directory")
     p.add_argument("spec", nargs="?", help="a TOML file, or the name of a built-in spec (fmmkit spec list)")
@@ -201,11 +288,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="a .npy or .png file")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--solver", help="integrate the velocity with this ODE sampler instead (euler, heun, midpoint, rk4, dopri5)")
+    add_max_memory(p)
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("eval", help="score a run at 1, 2, 4, 8 steps and against the teacher ODE")
     p.add_argument("run_dir")
     p.add_argument("--num", type=int, help="samples per row (default eval.num_samples)")
+    add_max_memory(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("plugins", help="list registered components and the plugins that provide them")
@@ -243,21 +332,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--derivative", choices=["jvp", "finite_difference"], help="default: jvp when the model allows it")
     p.add_argument("--json", action="store_true", help="print the JSON report instead of the table")
+    add_max_memory(p)
     p.set_defaults(func=cmd_verify)
     return parser
 
 
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so that flushing it at exit into a closed pipe raises nothing."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``fmmkit`` console script; user mistakes exit 2 with one line, no traceback."""
+    """Entry point of the ``fmmkit`` console script. Never a traceback for what a user can fix: one
+    ``fmmkit: error:`` line and exit 2 for a mistake in the command or spec, 1 for a problem of the
+    machine (a permission, a full disk, a run another process writes); 128 + N after signal N stopped
+    training (130 SIGINT, 143 SIGTERM), 141 when the reader of the output went away (``| head``)."""
     _one_line_warnings()
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+        return code
     except UserError as exc:
         for line in str(exc).splitlines():
             print(f"fmmkit: error: {line}", file=sys.stderr)
-        return 2
+        return exc.exit_status
+    except TrainingInterrupted as exc:  # the loop said where it stopped and how to continue
+        return exc.exit_status
     except KeyboardInterrupt:
         print("fmmkit: interrupted", file=sys.stderr)
         return 130
-
+    except BrokenPipeError:
+        _quiet_stdout()
+        return 141
+    except OSError as exc:
+        print(f"fmmkit: error: {describe_os_error(exc)}", file=sys.stderr)
+        return 1
+    except MemoryError:
+        print("fmmkit: error: out of memory; ask for fewer points or a smaller model", file=sys.stderr)
+        return 1

@@ -63,6 +63,12 @@ class DataSource(Component, ABC):
         """A box [lo, hi]^d holding (almost) all the mass of the data, used by histogram metrics."""
         return None
 
+    def check_available(self) -> None:
+        """Raise a one-line error (fmmkit.core.errors.UserError) when the data cannot be read, without
+        reading it: a source that loads lazily (images from a root folder) checks its files are there.
+        Training and ``fmmkit spec check`` call it; loading a trained run, which needs only the shape,
+        does not. Default: nothing to check."""
+
 
 class TensorDataSource(DataSource):
     """A finite data set held in memory; batches are drawn uniformly with replacement."""

@@ -1,8 +1,9 @@
 """torchvision image sets read from a local root: ``mnist``, ``fashion_mnist``, ``cifar10``, ``image_folder``.
 
-Nothing is downloaded unless the spec says ``download = true``. Pixels are read on the first draw
-(so ``fmmkit spec check`` works without the files); when they are missing the draw raises a
-one-line DataError saying where to put them. Expected layouts (torchvision's):
+Nothing is downloaded unless the spec says ``download = true``. Pixels are read on the first draw;
+``check_available`` (which ``fmmkit spec check`` and ``fmmkit train`` call, loading a trained run
+does not) checks that the root is there, and a missing root or an image that does not decode is a
+one-line DataError naming the file and what to do. Expected layouts (torchvision's):
   mnist          ROOT/MNIST/raw/train-images-idx3-ubyte (and the other three idx files)
   fashion_mnist  ROOT/FashionMNIST/raw/train-images-idx3-ubyte (...)
   cifar10        ROOT/cifar-10-batches-py/data_batch_1 ... data_batch_5, test_batch
@@ -50,11 +51,21 @@ class TorchvisionImages(ImageSource):
     torchvision_class: ClassVar[str]  # the class in torchvision.datasets
     native: ClassVar[tuple[int, int]]  # (channels, size)
     layout: ClassVar[str]
+    folder: ClassVar[str]  # the folder under root that torchvision reads
 
     def __init__(self, config: Any) -> None:
         self.config = config
         channels, native = self.native
         super().__init__(channels, config.size or native, 10 if config.labels else None, config.random_flip)
+
+    def _missing(self) -> DataError:
+        return DataError(f"{self.dataset_name}: no data under '{self.config.root}' (expected {self.layout}); put the "
+                         "files there, or set download = true in [data] to let torchvision fetch them", "root")
+
+    def check_available(self) -> None:
+        """The root holds the data set's folder (or download = true); the files are read on first use."""
+        if not self.config.download and not (Path(self.config.root).expanduser() / self.folder).is_dir():
+            raise self._missing()
 
     def load(self) -> tuple[Tensor, Tensor | None]:
         import torchvision.datasets
@@ -64,10 +75,7 @@ class TorchvisionImages(ImageSource):
             ds = getattr(torchvision.datasets, self.torchvision_class)(root, train=self.config.train,
                                                                        download=self.config.download)
         except RuntimeError as exc:  # torchvision: "Dataset not found ..." / "... corrupted"
-            raise DataError(
-                f"{self.dataset_name}: no data under '{self.config.root}' (expected {self.layout}); put the files "
-                "there, or set download = true in [data] to let torchvision fetch them"
-            ) from exc
+            raise self._missing() from exc
         data = ds.data
         pixels = torch.as_tensor(np.asarray(data)) if not isinstance(data, Tensor) else data
         pixels = pixels[:, None] if pixels.ndim == 3 else pixels.permute(0, 3, 1, 2)  # (N, C, h, w) uint8
@@ -80,7 +88,7 @@ class MNIST(TorchvisionImages):
 
     Config = _torchvision_config("data/mnist", False)
     dataset_name, torchvision_class, native = "mnist", "MNIST", (1, 28)
-    layout = "ROOT/MNIST/raw/train-images-idx3-ubyte"
+    layout, folder = "ROOT/MNIST/raw/train-images-idx3-ubyte", "MNIST"
 
 
 class FashionMNIST(TorchvisionImages):
@@ -88,7 +96,7 @@ class FashionMNIST(TorchvisionImages):
 
     Config = _torchvision_config("data/fashion_mnist", False)
     dataset_name, torchvision_class, native = "fashion_mnist", "FashionMNIST", (1, 28)
-    layout = "ROOT/FashionMNIST/raw/train-images-idx3-ubyte"
+    layout, folder = "ROOT/FashionMNIST/raw/train-images-idx3-ubyte", "FashionMNIST"
 
 
 class CIFAR10(TorchvisionImages):
@@ -96,7 +104,7 @@ class CIFAR10(TorchvisionImages):
 
     Config = _torchvision_config("data/cifar10", True)
     dataset_name, torchvision_class, native = "cifar10", "CIFAR10", (3, 32)
-    layout = "ROOT/cifar-10-batches-py/data_batch_1 ... data_batch_5"
+    layout, folder = "ROOT/cifar-10-batches-py/data_batch_1 ... data_batch_5", "cifar-10-batches-py"
 
 
 @attrs.define(frozen=True)
@@ -126,23 +134,35 @@ class ImageFolder(ImageSource):
 
         root = Path(self.config.root).expanduser()
         if not root.is_dir():
-            raise DataError(f"image_folder: no directory '{self.config.root}'; put images under ROOT/CLASS_NAME/ "
-                            "(one sub-folder per class) and set root in [data]")
+            raise DataError(f"no directory '{self.config.root}'; put images under ROOT/CLASS_NAME/ "
+                            "(one sub-folder per class) and set root in [data]", "root")
         try:
             return TV(str(root))
         except (FileNotFoundError, RuntimeError) as exc:
             raise DataError(f"image_folder: no images under '{self.config.root}' ({exc}); the layout is "
-                            "ROOT/CLASS_NAME/IMAGE.png (one sub-folder per class)") from exc
+                            "ROOT/CLASS_NAME/IMAGE.png (one sub-folder per class)", "root") from None
+        except PermissionError as exc:
+            raise DataError(f"image_folder: cannot read '{exc.filename}' ({exc.strerror})", "root", 1) from None
+
+    def check_available(self) -> None:
+        """The root exists and holds images in class sub-folders (they are decoded on first use)."""
+        self._folder()
 
     def _decode(self, path: str) -> np.ndarray:
-        from PIL import Image
+        from PIL import Image, UnidentifiedImageError
 
-        with Image.open(path) as img:
-            img = img.convert("L" if self.config.channels == 1 else "RGB")
-            side = min(img.size)
-            left, top = (img.size[0] - side) // 2, (img.size[1] - side) // 2
-            img = img.crop((left, top, left + side, top + side)).resize((self.size, self.size), Image.BICUBIC)
-            array = np.asarray(img, dtype=np.uint8)
+        try:
+            with Image.open(path) as img:
+                img = img.convert("L" if self.config.channels == 1 else "RGB")
+                side = min(img.size)
+                left, top = (img.size[0] - side) // 2, (img.size[1] - side) // 2
+                img = img.crop((left, top, left + side, top + side)).resize((self.size, self.size), Image.BICUBIC)
+                array = np.asarray(img, dtype=np.uint8)
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:  # PIL's decoders raise all four
+            if isinstance(exc, PermissionError):
+                raise DataError(f"image_folder: cannot read '{path}' ({exc.strerror})", "root", 1) from None
+            detail = type(exc).__name__ if path in str(exc) else f"{type(exc).__name__}: {exc}"
+            raise DataError(f"image_folder: cannot decode '{path}' ({detail}); delete or replace it", "root") from None
         return array[:, :, None] if array.ndim == 2 else array  # (size, size, C)
 
     def load(self) -> tuple[Tensor, Tensor | None]:

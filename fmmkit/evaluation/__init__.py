@@ -3,6 +3,7 @@
 from fmmkit.evaluation.scores import (
     EvalRow,
     build_metrics,
+    eval_record,
     evaluate,
     flow_map_rows,
     format_table,
@@ -12,5 +13,5 @@ from fmmkit.evaluation.scores import (
     save_pictures,
 )
 
-__all__ = ["EvalRow", "build_metrics", "evaluate", "flow_map_rows", "format_table", "is_image_data", "sampler_rows", "save_panels",
+__all__ = ["EvalRow", "build_metrics", "eval_record", "evaluate", "flow_map_rows", "format_table", "is_image_data", "sampler_rows", "save_panels",
            "save_pictures"]

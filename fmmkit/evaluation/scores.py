@@ -6,7 +6,7 @@ of the data with each metric of ``eval.metrics``; NFE is network evaluations per
 
 from __future__ import annotations
 
-import json
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -15,8 +15,9 @@ from typing import Any
 import torch
 
 from fmmkit.core import BuildContext, Metric, VelocityField
+from fmmkit.core.errors import UserError, warn
 from fmmkit.registry import Registry
-from fmmkit.runs.files import atomic_write_text
+from fmmkit.runs.files import atomic_write_json
 from fmmkit.runs.layout import EVAL_FILE, SAMPLES_FILE
 from fmmkit.runs.run import Run, load_run
 from fmmkit.runs.teacher import build_teacher
@@ -31,6 +32,8 @@ class EvalRow:
     nfe: int
     samples_per_s: float
     metrics: dict[str, float] = field(default_factory=dict)
+    #: why the row has no scores (its solver could not finish), else empty
+    note: str = ""
 
 
 def _teacher_field(run: Run) -> tuple[str, VelocityField]:
@@ -72,7 +75,8 @@ def _score(name: str, metric: Any, samples: torch.Tensor, reference: torch.Tenso
         return float(metric(samples, reference, run.data))
     except ValueError as exc:
         raise SpecError([f"{run.spec.source}: eval.metrics: metric '{name}' cannot score this run's data "
-                         f"({exc}); list metrics that fit it, e.g. --set 'eval.metrics=[\"energy_distance\"]'"]) from None
+                         f"({exc}); list metrics that fit it in eval.metrics there, e.g. "
+                         "eval.metrics = [\"energy_distance\"]"]) from None
 
 
 def evaluate(run: Run | str | Path, num_samples: int | None = None, write: bool = True) -> list[EvalRow]:
@@ -85,13 +89,23 @@ def evaluate(run: Run | str | Path, num_samples: int | None = None, write: bool 
     metrics = build_metrics(run.spec, run.registry)
     rows = []
     for label, sampler, model in sampler_rows(run):
-        result, seconds = _timed(lambda: sampler(model, x0))
+        try:
+            result, seconds = _timed(lambda: sampler(model, x0))
+        except UserError as exc:  # a solver that cannot finish (a diverged run): the row says so, the others score
+            warn(f"{label}: {exc}")
+            rows.append(EvalRow(label, 0, 0.0, dict.fromkeys(metrics, math.nan), note=str(exc)))
+            continue
         samples = result.x.float().cpu()
         scores = {name: _score(name, metric, samples, reference, run) for name, metric in metrics.items()}
         rows.append(EvalRow(label, result.nfe, n / max(seconds, 1e-9), scores))
     if write:
-        atomic_write_text(run.path / EVAL_FILE, json.dumps({"num_samples": n, "rows": [asdict(r) for r in rows]}, indent=2))
+        atomic_write_json(run.path / EVAL_FILE, eval_record(rows, n))
     return rows
+
+
+def eval_record(rows: list[EvalRow], num_samples: int) -> dict[str, Any]:
+    """What ``eval.json`` holds: the samples per row and every row (non-finite scores become null)."""
+    return {"num_samples": num_samples, "rows": [asdict(r) for r in rows]}
 
 
 def format_table(rows: list[EvalRow]) -> str:

@@ -12,6 +12,7 @@
       checkpoints/step-N/        resumable state (see :mod:`fmmkit.training.checkpoint`)
       pictures/step-N.png        pictures during training (``log.pictures_every``)
       tensorboard/               TensorBoard events when enabled
+      .lock                      locked by the one process writing the run (train, resume, overwrite)
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ VERIFY_FILE = "verify.json"
 CHECKPOINT_DIR = "checkpoints"
 PICTURES_DIR = "pictures"
 TENSORBOARD_DIR = "tensorboard"
+#: The file a writer holds an OS lock on while it writes the run (see :mod:`fmmkit.runs.lock`).
+LOCK_FILE = ".lock"
 RAW = "raw"
 
 #: The files that make a directory a trained run.

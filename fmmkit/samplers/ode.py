@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from fmmkit.core import SampleResult, Sampler, VelocityField
+from fmmkit.core.errors import UserError
 from fmmkit.core.flow_map import time_dtype
 from fmmkit.core.shapes import broadcast_time
 from fmmkit.core.validators import SpecValueError, positive, unit_interval
@@ -30,8 +31,8 @@ from fmmkit.hookspecs import hookimpl
 VectorField = Callable[[Tensor, Tensor], Tensor]
 
 
-class ODEError(RuntimeError):
-    """An adaptive solve could not reach the end time (too many steps, or a step size underflow)."""
+class ODEError(UserError, RuntimeError):
+    """An adaptive solve could not reach the end time (too many steps, or a step size underflow); one line."""
 
 
 @dataclass(frozen=True)

@@ -8,14 +8,45 @@ built above, from these.
 
 from __future__ import annotations
 
+import torch
+
 from fmmkit.core import BuildContext, DataSource, FlowMap, Interpolant, VelocityField
+from fmmkit.core.errors import EnvironmentProblem, UserError
 from fmmkit.registry import Registry
+from fmmkit.spec.errors import SpecError
 from fmmkit.spec.schema import Spec
 
 
+def data_problem(spec: Spec, exc: UserError) -> UserError:
+    """A data source's error as the spec's: ``SPEC: data.KEY: message`` (exit 1 when the machine, not
+    the spec, is in the way: a file the user may not read)."""
+    key = getattr(exc, "key", None)
+    where = f"data.{key}" if key else "data"
+    if exc.exit_status == 1:
+        return EnvironmentProblem(f"{spec.source}: {where}: {exc}")
+    return SpecError.at(spec.source, where, str(exc))
+
+
 def build_data(spec: Spec, registry: Registry) -> DataSource:
-    """The spec's data set (``[data]``)."""
-    return registry.build("dataset", spec.data.kind, spec.data.config, BuildContext())
+    """The spec's data set (``[data]``); its errors name ``data.KEY`` of the spec."""
+    try:
+        return registry.build("dataset", spec.data.kind, spec.data.config, BuildContext())
+    except UserError as exc:
+        if isinstance(exc, SpecError):
+            raise
+        raise data_problem(spec, exc) from None
+
+
+def check_data(spec: Spec, data: DataSource, load: bool = False) -> None:
+    """The data can be read (a lazily loaded source's files are there); with ``load``, a first point is
+    drawn too, so a lazily loaded source reads (and decodes) its files now (before a run starts)."""
+    try:
+        data.check_available()
+        if load:
+            with torch.random.fork_rng(devices=[]):  # its own generator, and no global draw escapes
+                data.sample(1, torch.Generator().manual_seed(0))
+    except UserError as exc:
+        raise data_problem(spec, exc) from None
 
 
 def build_interpolant(spec: Spec, registry: Registry) -> Interpolant:

@@ -7,14 +7,18 @@ path and the fix. Components are found through the registry, never imported here
 from __future__ import annotations
 
 import difflib
+import math
 import sys
+import typing
 import warnings
 from pathlib import Path
 from typing import Any
 
 import attrs
 import cattrs
+from cattrs.cols import list_structure_factory
 
+from fmmkit.core.errors import EnvironmentProblem
 from fmmkit.core.validators import SpecValueError
 from fmmkit.registry import Registry, RegistryError, get_registry, plural
 from fmmkit.spec.errors import SpecError, SpecWarning
@@ -36,24 +40,50 @@ def _type_name(value: Any) -> str:
             dict: "a table"}.get(type(value), type(value).__name__)
 
 
+#: TOML integers are 64-bit; Python's TOML reader accepts any size, the spec does not.
+INT64 = (-(2**63), 2**63 - 1)
+
+
 def _strict(kind: type, accepts: tuple[type, ...], label: str) -> Any:
     def hook(value: Any, _: Any) -> Any:
         if isinstance(value, bool) and kind is not bool:
             raise TypeError(f"expected {label}, got {value!r} ({_type_name(value)})")
         if not isinstance(value, accepts):
             raise TypeError(f"expected {label}, got {value!r} ({_type_name(value)})")
+        if kind is float and not math.isfinite(value):
+            raise ValueError(f"expected a finite number, got {value!r}")
+        if kind is int and not INT64[0] <= value <= INT64[1]:
+            raise ValueError(f"must be in [{INT64[0]}, {INT64[1]}] (TOML's 64-bit integers), got {value}")
         return kind(value)
 
     return hook
 
 
+def _is_list(type_: Any) -> bool:
+    return type_ is list or typing.get_origin(type_) is list
+
+
+def _list_factory(type_: Any, converter: cattrs.Converter) -> Any:
+    """Lists as cattrs structures them, but only from arrays: a string is not a list of characters."""
+    structure = list_structure_factory(type_, converter)
+
+    def hook(value: Any, cl: Any) -> Any:
+        if not isinstance(value, list):
+            raise TypeError(f"expected an array, got {value!r} ({_type_name(value)})")
+        return structure(value, cl)
+
+    return hook
+
+
 def make_converter() -> cattrs.Converter:
-    """A cattrs converter that refuses lossy coercions ("3" is not an int, 1 is not a bool)."""
+    """A cattrs converter that refuses lossy coercions ("3" is not an int, 1 is not a bool, "0.9" is
+    not a list, inf is not a usable number)."""
     conv = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
     conv.register_structure_hook(int, _strict(int, (int,), "an integer"))
     conv.register_structure_hook(float, _strict(float, (int, float), "a number"))
     conv.register_structure_hook(bool, _strict(bool, (bool,), "true or false"))
     conv.register_structure_hook(str, _strict(str, (str,), "a string"))
+    conv.register_structure_hook_factory(_is_list, _list_factory)
     return conv
 
 
@@ -65,8 +95,8 @@ def _join(path: str, key: str) -> str:
 
 
 def _check_keys(data: Any, cls: type, path: str, origin: str, skip: frozenset[str] = frozenset(),
-                recurse: bool = True) -> None:
-    """Unknown keys (with a did-you-mean) anywhere in nested attrs configs."""
+                recurse: bool = True, also: tuple[str, ...] = ()) -> None:
+    """Unknown keys (with a did-you-mean among the fields and ``also``) anywhere in nested attrs configs."""
     if not isinstance(data, dict):
         raise SpecError.at(origin, path, f"expected a table, got {data!r} ({_type_name(data)})")
     fields = {f.name: f for f in attrs.fields(attrs.resolve_types(cls)) if not f.metadata.get("internal")}
@@ -74,7 +104,7 @@ def _check_keys(data: Any, cls: type, path: str, origin: str, skip: frozenset[st
         if key in skip:
             continue
         if key not in fields:
-            close = difflib.get_close_matches(key, list(fields), n=1)
+            close = difflib.get_close_matches(key, [*fields, *also], n=1)
             hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(fields) or '(none)'}"
             raise SpecError.at(origin, _join(path, key), f"unknown key; {hint}")
         ftype = fields[key].type
@@ -82,24 +112,30 @@ def _check_keys(data: Any, cls: type, path: str, origin: str, skip: frozenset[st
             _check_keys(value, ftype, _join(path, key), origin)
 
 
-def _format(exc: BaseException, _type: Any) -> str:
-    if isinstance(exc, SpecValueError):
-        return exc.problem
-    if isinstance(exc, (TypeError, ValueError)) and str(exc):
-        return str(exc)
-    return f"invalid value ({type(exc).__name__})"
+def _formatter(owner: str) -> Any:
+    def format_exception(exc: BaseException, _type: Any) -> str:
+        if isinstance(exc, SpecValueError):
+            return exc.problem
+        if isinstance(exc, KeyError):  # cattrs: a field without a default is absent
+            return f"missing (required by {owner})" if owner else "missing (required)"
+        if isinstance(exc, (TypeError, ValueError)) and str(exc):
+            return str(exc)
+        return f"invalid value ({type(exc).__name__})"
+
+    return format_exception
 
 
-def _structure(data: dict[str, Any], cls: type, path: str, origin: str) -> Any:
-    """Structure ``data`` into the attrs class ``cls``; SpecError with key paths on failure."""
-    _check_keys(data, cls, path, origin)
+def _structure(data: dict[str, Any], cls: type, path: str, origin: str, owner: str = "") -> Any:
+    """Structure ``data`` into the attrs class ``cls``; SpecError with key paths on failure.
+    ``owner`` ("dataset 'npy'") names the component in messages about missing keys."""
+    _check_keys(data, cls, path, origin, also=("kind",) if owner else ())
     try:
         return CONVERTER.structure(data, cls)
     except SpecValueError as exc:
         raise SpecError.at(origin, _join(path, exc.field), exc.problem) from None
     except cattrs.BaseValidationError as exc:
         problems = []
-        for line in cattrs.transform_error(exc, path="$", format_exception=_format):
+        for line in cattrs.transform_error(exc, path="$", format_exception=_formatter(owner)):
             message, _, where = line.rpartition(" @ ")
             key = where.removeprefix("$").lstrip(".")
             key = _join(path, key) if key else path
@@ -124,6 +160,9 @@ def _component(table: Any, kind: str, path: str, origin: str, registry: Registry
     if not isinstance(table, dict):
         raise SpecError.at(origin, path, f"expected a table with kind = \"...\", got {table!r}")
     if "kind" not in table:
+        misspelt = [k for k in table if difflib.get_close_matches(k, ["kind"], n=1)]
+        if misspelt:
+            raise SpecError.at(origin, _join(path, misspelt[0]), "unknown key; did you mean 'kind'?")
         raise SpecError.at(origin, _join(path, "kind"), f"missing; registered {plural(kind)}: {', '.join(registry.names(kind))}")
     name = table["kind"]
     if not isinstance(name, str):
@@ -138,7 +177,7 @@ def _component(table: Any, kind: str, path: str, origin: str, registry: Registry
         params, notes = migrate(params)
         for note in notes:
             warnings.warn(f"{origin}: {_join(path, note)}", SpecWarning, stacklevel=2)
-    return ComponentSpec(kind=name, config=_structure(params, entry.config, path, origin))
+    return ComponentSpec(kind=name, config=_structure(params, entry.config, path, origin, f"{kind} '{name}'"))
 
 
 def _teacher(table: Any, origin: str, registry: Registry, base_dir: Path | None, check_paths: bool = True) -> ComponentSpec:
@@ -240,6 +279,24 @@ def _check_cross_references(spec: Spec, origin: str, registry: Registry) -> None
                            "run = \"RUN_DIR\" of a trained teacher run")
 
 
+def _attribute_to_overrides(exc: SpecError, origin: str, overrides: list[str] | tuple[str, ...]) -> SpecError:
+    """Problems at a key that a ``--set`` gave are reported against that --set, not the spec file."""
+    keys = []
+    for text in overrides:
+        key, _, _ = text.partition("=")
+        keys.append((".".join(k.strip() for k in key.split(".")), text))
+    problems = []
+    for problem in exc.problems:
+        prefix = f"{origin}: "
+        where = problem[len(prefix):].split(": ", 1)[0] if problem.startswith(prefix) else None
+        for key, text in reversed(keys):  # the last --set of a key is the one that counts
+            if where is not None and (where == key or where.startswith((f"{key}.", f"{key}["))):
+                problem = f"--set {text}: {problem[len(prefix):]}"
+                break
+        problems.append(problem)
+    return SpecError(problems)
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """'a.b.c=value' -> (['a', 'b', 'c'], value parsed as a TOML value, else the raw string)."""
     if "=" not in text:
@@ -272,14 +329,25 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...])
     return out
 
 
+#: The UTF-8 byte-order mark some editors put at the start of a file (TOML does not allow it).
+UTF8_BOM = b"\xef\xbb\xbf"
+
+
 def read_toml(path: str | Path) -> dict[str, Any]:
     """The dict of a TOML file; SpecError (one line) when it is missing or not valid TOML."""
     path = Path(path)
+    if path.is_dir():
+        raise SpecError([f"{path}: is a directory, not a spec file; give the path of a .toml file"])
     if not path.is_file():
         raise SpecError([f"{path}: no such spec file"])
     try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
+        data = path.read_bytes()
+    except OSError as exc:
+        raise EnvironmentProblem(f"{path}: cannot read the spec ({exc.strerror or exc})") from None
+    if data.startswith(UTF8_BOM):
+        raise SpecError([f"{path}: starts with a UTF-8 byte-order mark (BOM); save it as UTF-8 without a BOM"])
+    try:
+        return tomllib.loads(data.decode("utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise SpecError([f"{path}: invalid TOML: {exc}"]) from None
     except UnicodeDecodeError:
@@ -301,7 +369,10 @@ def load_spec(source: str | Path | dict[str, Any] | Spec, overrides: list[str] |
         path = resolve_spec_source(source)
         origin, base = str(path), path.parent
         source = read_toml(path)
-    return structure_spec(apply_overrides(source, overrides), origin, registry, base)
+    try:
+        return structure_spec(apply_overrides(source, overrides), origin, registry, base)
+    except SpecError as exc:
+        raise _attribute_to_overrides(exc, origin, overrides) from None
 
 
 def _unstructure_component(component: ComponentSpec) -> dict[str, Any]:

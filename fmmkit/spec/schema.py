@@ -12,8 +12,12 @@ from typing import Any
 
 import attrs
 
-from fmmkit.core.validators import at_least, each, non_negative, one_of, positive, unit_interval
+from fmmkit.core.validators import SpecValueError, at_least, each, in_range, non_negative, one_of, positive, unit_interval
 from fmmkit.moved import moved_getattr
+
+#: Seeds torch, NumPy's SeedSequence and the data streams all accept (non-negative 64-bit integers).
+SEED_RANGE = (0, 2**63 - 1)
+seed_in_range = in_range(*SEED_RANGE)
 
 
 @attrs.define(frozen=True)
@@ -41,8 +45,6 @@ class OptimConfig:
 
     @betas.validator
     def _check_betas(self, attribute: attrs.Attribute[Any], value: list[float]) -> None:
-        from fmmkit.core.validators import SpecValueError
-
         if len(value) != 2 or not all(0 <= b < 1 for b in value):
             raise SpecValueError("betas", f"must be two numbers in [0, 1), got {value!r}")
 
@@ -53,7 +55,7 @@ class TrainConfig:
 
     steps: int = attrs.field(default=2000, validator=non_negative)
     batch_size: int = attrs.field(default=1024, validator=positive)
-    seed: int = 0
+    seed: int = attrs.field(default=0, validator=seed_in_range)
     device: str = attrs.field(default="auto")
     log_every: int = attrs.field(default=100, validator=positive)
     threads: int = attrs.field(default=0, validator=non_negative)
@@ -67,13 +69,23 @@ class TrainConfig:
     parallel: str = attrs.field(default="ddp", validator=one_of(("ddp", "fsdp")))
     #: A non-finite loss or gradient: "stop" the run with a message, or "skip" the optimiser step.
     on_nonfinite: str = attrs.field(default="stop", validator=one_of(("stop", "skip")))
+    #: With on_nonfinite = "skip": the run stops once more than this fraction of train.steps was skipped.
+    skip_limit: float = attrs.field(default=0.1, validator=unit_interval)
 
     @device.validator
     def _check_device(self, attribute: attrs.Attribute[Any], value: str) -> None:
-        from fmmkit.core.validators import SpecValueError
-
         if not (value in ("auto", "cpu", "cuda", "mps") or value.startswith("cuda:")):
             raise SpecValueError("device", f"must be auto, cpu, cuda, cuda:N or mps, got {value!r}")
+
+    def __attrs_post_init__(self) -> None:
+        m = self.micro_batches
+        if m and self.batch_size % m:  # the split over processes is checked when their number is known
+            raise SpecValueError("batch_size", f"{self.batch_size} points do not split into {m} equal "
+                                 f"micro-batches; use a multiple of {m}")
+
+    def max_skipped(self) -> int:
+        """The most optimiser steps a run may skip (skip_limit of train.steps, rounded down)."""
+        return int(self.skip_limit * self.steps)
 
 
 @attrs.define(frozen=True)
@@ -98,12 +110,10 @@ class EvalConfig:
     num_samples: int = attrs.field(default=20000, validator=at_least(2))
     metrics: list[ComponentSpec] = attrs.field(factory=list, metadata={"components": "metric"})
     ode: list[ComponentSpec] = attrs.field(factory=list, metadata={"components": "sampler"})
-    seed: int = 1234
+    seed: int = attrs.field(default=1234, validator=seed_in_range)
 
 
 def _check_decays(instance: Any, attribute: attrs.Attribute[Any], value: list[float]) -> None:
-    from fmmkit.core.validators import SpecValueError
-
     bad = [d for d in value if not 0 <= d < 1]
     if bad:
         raise SpecValueError(attribute.name, f"each decay must be in [0, 1), got {bad[0]!r}")
@@ -120,6 +130,14 @@ class EMAConfig:
     rampup: float = attrs.field(default=0.05, validator=non_negative)
     every: int = attrs.field(default=1, validator=positive)
     sample_with: str = "auto"
+
+    def __attrs_post_init__(self) -> None:
+        from fmmkit.runs.layout import RAW, ema_labels  # the weight files' names live with the run layout
+
+        labels = ema_labels(self)
+        if self.sample_with not in ("auto", RAW, *labels):
+            raise SpecValueError("sample_with", f"'{self.sample_with}' is not one of this run's weights; use "
+                                 f"\"auto\", \"{RAW}\" or one of {labels}")
 
 
 @attrs.define(frozen=True)

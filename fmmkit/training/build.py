@@ -8,6 +8,7 @@ import torch
 
 from fmmkit.core import DataSource, FlowMap, Interpolant, Loss, VelocityField
 from fmmkit.core.loss import LossBuildError
+from fmmkit.memory import check_memory
 from fmmkit.moved import moved_getattr
 from fmmkit.registry import Registry, get_registry
 from fmmkit.runs import teacher as teachers
@@ -33,11 +34,14 @@ class Pipeline:
 
 
 def build_pipeline(spec: Spec, registry: Registry | None = None, device: torch.device | None = None) -> Pipeline:
-    """Build data, interpolant, model, loss and teacher; check the loss can run with them."""
+    """Build data, interpolant, model, loss and teacher; check the data is there, the model and a
+    micro-batch fit in memory, and the loss can run with them."""
     registry = registry or get_registry()
     device = device or dist.resolve_device(spec.train.device)
     data = components.build_data(spec, registry)
+    components.check_data(spec, data)
     interpolant = components.build_interpolant(spec, registry)
+    check_memory(spec, data, registry, device)  # before the model exists: a model too large is one line
     model = components.build_model(spec, data, registry).to(device)
     teacher = teachers.build_teacher(spec, interpolant, data, registry, device)
     ctx = components.data_context(data, interpolant, teacher)

@@ -6,9 +6,17 @@ weight and optimiser shards) and ``checkpoint.json`` (step, number of processes,
 SHA-256 of every file). Rank 0 writes everything except FSDP shards, which each process writes (so
 sharded checkpoints need a file system all processes share). A checkpoint is written into a hidden
 staging directory and renamed into place when complete, so a crash mid-write leaves the previous
-checkpoints untouched; only the last ``keep`` are kept. Loading checks sizes and checksums, parses
-only JSON and safetensors (see :mod:`fmmkit.training.statefile`), and falls back to the previous
-checkpoint when the newest is damaged.
+checkpoints untouched; only the last ``keep`` are kept, and never at the cost of the checkpoint just
+written (the newest readable one). A step that is written again replaces a damaged checkpoint of that
+step (a run resumed from an earlier one after the newest was damaged) and keeps a readable one (a
+signal on a checkpoint step). A write that fails (a full disk, a permission) removes its staging
+folder and is one line (:class:`CheckpointWriteError`); the checkpoints before it stay usable.
+
+Loading reads only what the manifest lists, and only plain file names inside the checkpoint's own
+folder; every file must be a regular file of the listed size before a byte of it is read (a forged
+manifest cannot make fmmkit read /etc/passwd, or /dev/zero without end). Then checksums, and only
+JSON and safetensors are parsed (see :mod:`fmmkit.training.statefile`). A damaged checkpoint, or one
+that does not fit the run, is reported and the previous one is used.
 """
 
 from __future__ import annotations
@@ -18,15 +26,16 @@ import json
 import os
 import re
 import shutil
-import sys
+import stat
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from fmmkit.core.errors import UserError
+from fmmkit.core.errors import EnvironmentProblem, UserError, os_error_fix, warn
 from fmmkit.runs.layout import CHECKPOINT_DIR
 from fmmkit.training.distributed import DistEnv, all_agree, barrier, gather_bytes
 from fmmkit.training.statefile import StateFormatError, dumps_state, loads_state
@@ -35,10 +44,22 @@ MANIFEST = "checkpoint.json"
 FORMAT_VERSION = 1
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 _RANK_FILE = re.compile(r"^(?P<name>.+)\.rank(?P<rank>\d+)\.safetensors$")
+#: What a manifest may name: a plain file name in the checkpoint's own folder (no path, no leading dot).
+_PART_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+#: A manifest lists a few files; anything larger is not one of ours.
+MAX_MANIFEST_BYTES = 16 * 2**20
 
 
 class CheckpointError(UserError):
     """A checkpoint cannot be used: missing, truncated, corrupted, or not written by fmmkit."""
+
+
+class CheckpointMismatch(CheckpointError):
+    """A readable checkpoint that does not fit the run being resumed (other shapes, parts or settings)."""
+
+
+class CheckpointWriteError(EnvironmentProblem):
+    """A checkpoint could not be written (a full disk, a permission); the earlier ones are intact."""
 
 
 @dataclass
@@ -55,11 +76,6 @@ class LoadedCheckpoint:
     def step(self) -> int:
         """Optimiser steps done when the checkpoint was written."""
         return int(self.manifest["step"])
-
-
-def warn(message: str) -> None:
-    """A one-line warning on stderr."""
-    print(f"fmmkit: warning: {message}", file=sys.stderr, flush=True)
 
 
 def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
@@ -100,76 +116,162 @@ def save_checkpoint(run_dir: Path, step: int, shared: dict[str, Any], per_rank: 
     """Write one checkpoint; every process calls this. Rank 0 writes the ``shared`` parts, the
     manifest and the rename; the ``per_rank`` parts are gathered to rank 0 and written there
     (``gather``; small state such as RNG streams) or written by each process (weight shards).
-    Returns the checkpoint directory."""
+    Returns the checkpoint directory; CheckpointWriteError (one line) when the file system refuses."""
     root = Path(run_dir) / CHECKPOINT_DIR
     final = root / f"step-{step:09d}"
     staging = root / f".step-{step:09d}.tmp"
-    if env.is_main:
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-    barrier(env)
-    for name, state in per_rank.items():
-        if gather:
-            blobs = gather_bytes(dumps_state(state), env, device or torch.device("cpu"))
-            for rank, blob in enumerate(blobs if env.is_main else []):
-                _write(staging / f"{name}.rank{rank}.safetensors", blob)
-        else:
-            _write(staging / f"{name}.rank{env.rank}.safetensors", dumps_state(state))
-    if env.is_main:
-        for name, state in shared.items():
-            _write(staging / f"{name}.safetensors", dumps_state(state))
-    barrier(env)
-    if env.is_main:
-        files = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(staging.iterdir())}
-        manifest = {"format": FORMAT_VERSION, "step": step, "world_size": env.world_size, **(meta or {}),
-                    "time": time.time(), "files": files}
-        _write(staging / MANIFEST, json.dumps(manifest, indent=1).encode())
-        _fsync_dir(staging)
-        if final.exists():  # the same step saved twice (a signal on a checkpoint step): keep the first
-            shutil.rmtree(staging)
-        else:
-            os.replace(staging, final)
+    try:
+        if env.is_main:
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir(parents=True)
+        barrier(env)
+        for name, state in per_rank.items():
+            if gather:
+                blobs = gather_bytes(dumps_state(state), env, device or torch.device("cpu"))
+                for rank, blob in enumerate(blobs if env.is_main else []):
+                    _write(staging / f"{name}.rank{rank}.safetensors", blob)
+            else:
+                _write(staging / f"{name}.rank{env.rank}.safetensors", dumps_state(state))
+        if env.is_main:
+            for name, state in shared.items():
+                _write(staging / f"{name}.safetensors", dumps_state(state))
+        barrier(env)
+        if env.is_main:
+            files = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(staging.iterdir())}
+            manifest = {"format": FORMAT_VERSION, "step": step, "world_size": env.world_size, **(meta or {}),
+                        "time": time.time(), "files": files}
+            _write(staging / MANIFEST, json.dumps(manifest, indent=1).encode())
+            _fsync_dir(staging)
+            _install(staging, final)
             _fsync_dir(root)
-        for _, old in list_checkpoints(run_dir)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+            for _, old in list_checkpoints(run_dir)[:-keep]:
+                if old != final:  # the checkpoint just written is the newest readable one: never pruned
+                    shutil.rmtree(old, ignore_errors=True)
+    except OSError as exc:
+        if env.is_main:
+            shutil.rmtree(staging, ignore_errors=True)
+        raise CheckpointWriteError(_write_problem(exc, Path(run_dir), step)) from None
     barrier(env)
     return final
 
 
-def read_manifest(path: Path) -> dict[str, Any]:
-    """The manifest of a checkpoint directory; CheckpointError if missing or unreadable."""
+def _install(staging: Path, final: Path) -> None:
+    """Rename a complete staging folder into place. The same step saved twice (a signal on a checkpoint
+    step) keeps the first; a damaged checkpoint of that step (the run came back to it after resuming
+    from an earlier one) is replaced."""
+    if not final.exists():
+        os.replace(staging, final)
+        return
+    problem = checkpoint_problem(final)
+    if problem is None:
+        shutil.rmtree(staging)
+        return
+    warn(f"{problem}; replacing it with the checkpoint just written")
+    aside = final.with_name(f".{final.name}.damaged.tmp")  # removed by remove_staging if a crash leaves it
+    _remove(aside)
+    os.replace(final, aside)
+    os.replace(staging, final)
+    _remove(aside)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _write_problem(exc: OSError, run_dir: Path, step: int) -> str:
+    earlier = [s for s, _ in list_checkpoints(run_dir) if s != step]
+    kept = f"the checkpoint of step {earlier[-1]} is intact" if earlier else "no earlier checkpoint was written"
+    return (f"{run_dir / CHECKPOINT_DIR}: {exc.strerror or exc} while writing the checkpoint of step {step}; {kept}; "
+            f"{os_error_fix(exc)}, then continue with 'fmmkit train --resume {run_dir}'")
+
+
+def _regular_file(file: Path) -> os.stat_result:
+    """The stat of a regular file (not a symlink, device or folder); CheckpointError otherwise."""
     try:
-        manifest = json.loads((path / MANIFEST).read_text())
+        st = os.lstat(file)
     except FileNotFoundError:
-        raise CheckpointError(f"{path}: incomplete checkpoint (no {MANIFEST})") from None
+        raise CheckpointError(f"{file}: missing") from None
+    except OSError as exc:
+        raise CheckpointError(f"{file}: cannot read ({exc.strerror or exc})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise CheckpointError(f"{file}: not a regular file (a checkpoint holds only its own files)")
+    return st
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    """The manifest of a checkpoint directory; CheckpointError if missing, unreadable or not ours."""
+    file = path / MANIFEST
+    if not os.path.lexists(file):
+        raise CheckpointError(f"{path}: incomplete checkpoint (no {MANIFEST})")
+    st = _regular_file(file)
+    if st.st_size > MAX_MANIFEST_BYTES:
+        raise CheckpointError(f"{file}: {st.st_size} bytes, too large for a checkpoint manifest")
+    try:
+        with open(file, "rb") as f:
+            manifest = json.loads(f.read(MAX_MANIFEST_BYTES).decode())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path / MANIFEST}: damaged ({type(exc).__name__}: {exc})") from None
+        raise CheckpointError(f"{file}: damaged ({type(exc).__name__}: {exc})") from None
     files = manifest.get("files") if isinstance(manifest, dict) else None
     if files is None or manifest.get("format") != FORMAT_VERSION or not isinstance(files, dict) or not all(
-            isinstance(e, dict) and isinstance(e.get("bytes"), int) and isinstance(e.get("sha256"), str)
+            isinstance(e, dict) and _count(e.get("bytes")) and isinstance(e.get("sha256"), str)
             for e in files.values()):
-        raise CheckpointError(f"{path / MANIFEST}: not an fmmkit checkpoint manifest (format {FORMAT_VERSION})")
+        raise CheckpointError(f"{file}: not an fmmkit checkpoint manifest (format {FORMAT_VERSION})")
+    if not (_count(manifest.get("step")) and _count(manifest.get("world_size")) and manifest["world_size"] >= 1):
+        raise CheckpointError(f"{file}: damaged (step and world_size must be non-negative integers)")
+    for name in files:
+        if not _PART_NAME.match(name):
+            raise CheckpointError(f"{file}: names {name!r}; a checkpoint may list only plain file names inside "
+                                  "its own folder")
     return manifest
 
 
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def read_part(path: Path, name: str, manifest: dict[str, Any]) -> Any:
-    """One state file, checked against the manifest's size and checksum, then parsed without pickle."""
+    """One state file: a regular file of the manifest's size (checked before reading), then its
+    checksum, then parsed without pickle."""
     entry = manifest["files"].get(name)
     file = path / name
     if entry is None:
         raise CheckpointError(f"{file}: not listed in {MANIFEST}")
+    size = _regular_file(file).st_size
+    if size != entry["bytes"]:
+        raise CheckpointError(f"{file}: truncated or damaged ({size} bytes on disk, {entry['bytes']} in {MANIFEST})")
     try:
-        data = file.read_bytes()
+        with open(file, "rb") as f:
+            data = f.read(entry["bytes"] + 1)
     except OSError as exc:
         raise CheckpointError(f"{file}: cannot read ({exc.strerror or exc})") from None
     if len(data) != entry["bytes"]:
-        raise CheckpointError(f"{file}: truncated or damaged ({len(data)} bytes, {entry['bytes']} expected)")
+        raise CheckpointError(f"{file}: truncated or damaged ({len(data)} bytes read, {entry['bytes']} in {MANIFEST})")
     if hashlib.sha256(data).hexdigest() != entry["sha256"]:
         raise CheckpointError(f"{file}: damaged (SHA-256 does not match {MANIFEST})")
     try:
         return loads_state(data)
     except StateFormatError as exc:
         raise CheckpointError(f"{file}: {exc}") from None
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """Why a checkpoint directory cannot be read (its manifest, sizes and checksums), or None; parses nothing."""
+    try:
+        if not path.is_dir() or path.is_symlink():
+            raise CheckpointError(f"{path}: not a checkpoint folder")
+        manifest = read_manifest(path)
+        for name, entry in manifest["files"].items():
+            file = path / name
+            if _regular_file(file).st_size != entry["bytes"] or _sha256(file) != entry["sha256"]:
+                raise CheckpointError(f"{file}: damaged (size or SHA-256 does not match {MANIFEST})")
+    except CheckpointError as exc:
+        return str(exc)
+    except OSError as exc:
+        return f"{path}: cannot read ({exc.strerror or exc})"
+    return None
 
 
 def read_checkpoint(path: Path, env: DistEnv, all_ranks: tuple[str, ...] = ()) -> LoadedCheckpoint:
@@ -187,12 +289,15 @@ def read_checkpoint(path: Path, env: DistEnv, all_ranks: tuple[str, ...] = ()) -
     return loaded
 
 
-def load_latest(run_dir: Path, env: DistEnv, device: torch.device, all_ranks: tuple[str, ...] = ()) -> LoadedCheckpoint:
-    """The newest checkpoint every process can read; damaged ones are reported and skipped."""
+def load_latest(run_dir: Path, env: DistEnv, device: torch.device, all_ranks: tuple[str, ...] = (),
+                use: Callable[[LoadedCheckpoint], None] | None = None) -> LoadedCheckpoint:
+    """The newest checkpoint every process can read (and ``use``, when given, accepts: it raises
+    CheckpointMismatch for one that does not fit the run); the others are reported and skipped."""
     found = list_checkpoints(run_dir)
     if not found:
         raise CheckpointError(f"{run_dir}: no checkpoint to resume from (nothing in {CHECKPOINT_DIR}/); "
                               f"start the run with 'fmmkit train SPEC --out {run_dir}'")
+    problems = []
     for _, path in reversed(found):
         problem, loaded = None, None
         try:
@@ -201,10 +306,18 @@ def load_latest(run_dir: Path, env: DistEnv, device: torch.device, all_ranks: tu
             problem = str(exc)
         if all_agree(problem is None, env, device):
             assert loaded is not None
-            return loaded
+            if use is None:
+                return loaded
+            try:
+                use(loaded)
+                return loaded
+            except CheckpointMismatch as exc:
+                problem = str(exc)
+        problems.append(problem or f"{path}: damaged on another process")
         if env.is_main:
-            warn(f"{problem or f'{path}: damaged on another process'}; trying the previous checkpoint")
-    raise CheckpointError(f"{run_dir}: every checkpoint in {CHECKPOINT_DIR}/ is damaged; nothing to resume from")
+            warn(f"{problems[-1]}; trying the previous checkpoint")
+    raise CheckpointError(f"{run_dir}: every checkpoint in {CHECKPOINT_DIR}/ is damaged or does not fit the run "
+                          f"(the newest: {problems[0]}); nothing to resume from")
 
 
 def remove_staging(run_dir: Path) -> None:

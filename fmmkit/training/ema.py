@@ -17,6 +17,7 @@ from fmmkit.spec.schema import EMAConfig
 
 __all__ = ["EMA", "RAW", "ema_labels", "sampling_label", "weights_file"]
 
+
 class EMA:
     """The moving averages of one model (shadow copies of its trainable parameters)."""
 

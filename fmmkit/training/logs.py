@@ -1,24 +1,29 @@
 """What a run reports while it trains: JSON lines always, TensorBoard when installed, a progress bar.
 
-``metrics.jsonl`` gets one record per ``train.log_every`` steps ({"step": steps done, "loss": ...,
+Records are standard JSON: a non-finite value (a skipped step's loss) is written as null, with a
+``"nonfinite"`` note saying what it was. ``metrics.jsonl`` gets one record per ``train.log_every`` steps ({"step": steps done, "loss": ...,
 each loss term, "lr", "grad_norm", "samples_per_s", "elapsed_s"}); ``events.jsonl`` gets
 {"event": "checkpoint" | "resume" | "skipped" | "stopped" | "interrupted", "step": ..., ...}. Only
 rank 0 writes. On resume, records past the checkpoint's step (from the interrupted attempt) are
-dropped from both.
+dropped from both. A log file deleted or rotated away while the run writes it is started again
+(with a warning), so logging never stops a run.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
-from fmmkit.runs.files import atomic_write_text
+from fmmkit.core.errors import warn
+from fmmkit.runs.files import atomic_write_text, json_text
 from fmmkit.runs.layout import EVENTS_FILE, METRICS_FILE, TENSORBOARD_DIR
+
 
 def _tensorboard_writer(out: Path) -> Any | None:
     """A SummaryWriter under ``out/tensorboard``, or None when tensorboard is not installed."""
@@ -44,6 +49,37 @@ def truncate_records(path: Path, step: int) -> None:
     atomic_write_text(path, "".join(f"{line}\n" for line in kept))
 
 
+class JsonLines:
+    """An append-only JSON-lines file that survives being deleted or moved away while the run writes
+    it (a user's ``rm``, logrotate): before each record it checks the path still names the open file,
+    and if not, warns once and continues in a new file at the same path."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.file: Any = open(path, "a")
+
+    def _same_file(self) -> bool:
+        try:
+            on_disk = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        mine = os.fstat(self.file.fileno())
+        return (on_disk.st_dev, on_disk.st_ino) == (mine.st_dev, mine.st_ino)
+
+    def write(self, record: dict[str, Any]) -> None:
+        """Append one record (one line) and flush."""
+        if not self._same_file():
+            warn(f"{self.path} was deleted or moved while the run was writing it; continuing in a new file")
+            self.file.close()
+            self.file = open(self.path, "a")
+        self.file.write(json_text(record) + "\n")
+        self.file.flush()
+
+    def close(self) -> None:
+        """Close the file."""
+        self.file.close()
+
+
 class RunLog:
     """JSON lines, TensorBoard and tqdm for one run; a no-op on ranks other than 0."""
 
@@ -53,8 +89,8 @@ class RunLog:
         if active and start > 0:
             truncate_records(out / METRICS_FILE, start)
             truncate_records(out / EVENTS_FILE, start)
-        self.file = open(out / METRICS_FILE, "a") if active else None
-        self.events = open(out / EVENTS_FILE, "a") if active else None
+        self.file = JsonLines(out / METRICS_FILE) if active else None
+        self.events = JsonLines(out / EVENTS_FILE) if active else None
         self.writer = _tensorboard_writer(out) if active and tensorboard else None
         self.bar = tqdm(total=total, initial=start, desc=name, disable=not (active and progress),
                         dynamic_ncols=True, leave=False, unit="step")
@@ -65,10 +101,9 @@ class RunLog:
         return time.perf_counter() - self.start_time
 
     @staticmethod
-    def _write(file: Any, record: dict[str, Any]) -> None:
+    def _write(file: JsonLines | None, record: dict[str, Any]) -> None:
         if file is not None:
-            file.write(json.dumps(record) + "\n")
-            file.flush()
+            file.write(record)
 
     def metrics(self, step: int, values: dict[str, float]) -> None:
         """A metrics record at ``step`` (steps done), to JSON, TensorBoard and the progress bar."""

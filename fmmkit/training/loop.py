@@ -18,24 +18,30 @@ checkpoint; the result is bit-identical to an uninterrupted run on the same hard
 
 from __future__ import annotations
 
-import json
+import contextlib
 import math
 import shutil
+import signal
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import attrs
 import torch
 from torch import Tensor
 
 from fmmkit.registry import Registry, get_registry
-from fmmkit.runs.files import atomic_write_text
-from fmmkit.runs.layout import (CHECKPOINT_DIR, EVENTS_FILE, METRICS_FILE, PICTURES_DIR, RUN_INFO_FILE, SPEC_FILE,
-                                TENSORBOARD_DIR, picture_file, sampling_label, weights_file)
+from fmmkit.runs.files import atomic_write_json, atomic_write_text
+from fmmkit.runs.layout import (CHECKPOINT_DIR, EVENTS_FILE, LOCK_FILE, METRICS_FILE, PICTURES_DIR, RUN_INFO_FILE,
+                                SPEC_FILE, TENSORBOARD_DIR, picture_file, sampling_label, weights_file)
+from fmmkit.runs.lock import writer_lock
 from fmmkit.runs.plugins import plugins_used
 from fmmkit.runs.run import load_run, open_run
 from fmmkit.spec import Spec, SpecError, load_spec, spec_to_toml
+from fmmkit.spec.build import check_data
+from fmmkit.spec.schema import ComponentSpec
 from fmmkit.training import distributed as dist
 from fmmkit.training.build import Pipeline, build_pipeline
 from fmmkit.training.checkpoint import list_checkpoints, load_latest, remove_staging
@@ -44,7 +50,7 @@ from fmmkit.training.distributed import DistEnv
 from fmmkit.training.ema import EMA
 from fmmkit.training.errors import TrainingError
 from fmmkit.training.logs import RunLog
-from fmmkit.training.optim import loss_parameters, make_optimizer, make_scheduler
+from fmmkit.training.optim import loss_parameters, lr_factor, make_optimizer, make_scheduler
 from fmmkit.training.precision import autocast, autocast_dtype, with_float32_derivatives
 from fmmkit.training.resume import check_resumable
 from fmmkit.training.sharding import BatchPlan, Stream
@@ -65,8 +71,11 @@ def prepare_run_dir(out: Path, overwrite: bool) -> None:
 
 
 def check_run_dir(out: Path, overwrite: bool) -> None:
-    """SpecError if ``out`` already holds a run and ``overwrite`` is off."""
-    if out.exists() and any(out.iterdir()) and not overwrite:
+    """SpecError if ``out`` already holds a run (anything but the lock file) and ``overwrite`` is off;
+    also if ``out`` is a file."""
+    if out.exists() and not out.is_dir():
+        raise SpecError([f"{out}: a file is there, not a run directory; choose another --out"])
+    if out.exists() and any(p.name != LOCK_FILE for p in out.iterdir()) and not overwrite:
         raise SpecError([f"{out}: a run directory already exists there; choose another --out, pass --overwrite "
                          f"to replace it, or continue it with 'fmmkit train --resume {out}'"])
 
@@ -115,6 +124,38 @@ def nonfinite_problem(step: int, values: dict[str, float], grad_norm: float, sta
     return None
 
 
+def nonfinite_weights(step: int, state: TrainState, env: DistEnv, device: torch.device) -> str | None:
+    """A one-line description of a parameter the optimiser step at ``step`` made non-finite, or None
+    (one fused norm per step; every process agrees, since FSDP shards differ)."""
+    params = [dist.local(p.detach()) for p in state.params()]
+    finite = bool(torch.isfinite(torch.stack(torch._foreach_norm(params))).all()) if params else True
+    if dist.all_agree(finite, env, device):
+        return None
+    first = next((n for n, p in state.named_params() if not bool(torch.isfinite(dist.local(p.detach())).all())),
+                 "on another process")
+    return f"step {step}: the optimiser step made parameter '{first}' non-finite (the loss and gradients were finite)"
+
+
+def _stop_message(problem: str, out: Path, advice: str) -> str:
+    kept = list_checkpoints(out)
+    if kept:
+        return (f"{problem}; the last good checkpoint is {kept[-1][1]}. {advice}, then continue with "
+                f"'fmmkit train --resume {out} --set optim.lr=...'")
+    return f"{problem}; no checkpoint was written. {advice}, then start again with --overwrite"
+
+
+def apply_resumed_lr(state: TrainState, spec: Spec) -> None:
+    """A resume with another optim.lr: the schedule continues from the checkpoint's step at the new base rate."""
+    scheduler = state.scheduler
+    if all(base == spec.optim.lr for base in scheduler.base_lrs):
+        return
+    factor = lr_factor(scheduler.last_epoch, spec.train.steps, spec.optim)
+    scheduler.base_lrs = [spec.optim.lr for _ in scheduler.base_lrs]
+    for group in state.optimizer.param_groups:
+        group["initial_lr"], group["lr"] = spec.optim.lr, spec.optim.lr * factor
+    scheduler._last_lr = [group["lr"] for group in state.optimizer.param_groups]  # what get_last_lr() reports
+
+
 # ----------------------------------------------------------------------------------------------
 # the loop
 
@@ -145,11 +186,20 @@ def synchronise(state: TrainState, env: DistEnv, sharded: bool, keys: list[str],
     return dict(zip(["loss", *keys], reduced[:-1])), reduced[-1] > 0
 
 
+@dataclass
+class Trained:
+    """What a training run ends with: the last logged metrics and how many steps it skipped."""
+
+    final: dict[str, float] = field(default_factory=dict)
+    skipped: int = 0
+
+
 def train_pipeline(pipeline: Pipeline, out: Path, progress: bool = True, *, env: DistEnv | None = None,
-                   resume: bool = False) -> dict[str, float]:
+                   resume: bool = False, changes: list[tuple[str, Any, Any]] = ()) -> Trained:
     """Optimise the pipeline's loss up to ``train.steps`` steps; checkpoints, logs and weights go to ``out``.
 
-    Every process of a torchrun job calls this with its ``env``; rank 0 writes the files.
+    Every process of a torchrun job calls this with its ``env``; rank 0 writes the files. ``changes``
+    are the resumable spec keys a resume changed (logged as ``changed`` events).
     """
     env = env or DistEnv()
     spec, device, cfg = pipeline.spec, pipeline.device, pipeline.spec.train
@@ -168,13 +218,18 @@ def train_pipeline(pipeline: Pipeline, out: Path, progress: bool = True, *, env:
     if resume:
         if env.is_main:
             remove_staging(out)
-        restore(state, load_latest(out, env, device, all_ranks=("rng",)), env, plan, cfg.parallel)
+        load_latest(out, env, device, all_ranks=("rng",), use=lambda c: restore(state, c, env, plan, cfg.parallel))
+        if state.step > cfg.steps:  # an older checkpoint than check_resumable saw can only be earlier
+            raise SpecError([f"{spec.source}: train.steps = {cfg.steps} is below the checkpoint's step {state.step}"])
+        apply_resumed_lr(state, spec)
     dtype = autocast_dtype(cfg.precision, device)
     compute = make_compute(with_float32_derivatives(model, dtype, device), pipeline.loss, pipeline.teacher, spec)
     log = RunLog(out, name=spec.name, total=cfg.steps, start=state.step, active=env.is_main, progress=progress,
                  tensorboard=spec.log.tensorboard)
     if resume:
         log.event(state.step, "resume")
+        for key, before, now in changes:
+            log.event(state.step, "changed", **{"key": key, "from": before, "to": now})
     last: dict[str, float] = {}
     window = (time.perf_counter(), state.step)
     model.train()
@@ -190,6 +245,10 @@ def train_pipeline(pipeline: Pipeline, out: Path, progress: bool = True, *, env:
                 if problem is None:
                     dist.clip_gradients(state.params(), grad_norm, spec.optim.grad_clip)
                     optimizer.step()
+                    broken = nonfinite_weights(step + 1, state, env, device)
+                    if broken is not None:  # cannot be skipped: the step is done; nothing of it is saved
+                        log.event(step + 1, "stopped", reason=broken)
+                        raise TrainingError(_stop_message(broken, out, "Lower optim.lr or set optim.grad_clip"))
                 state.scheduler.step()
                 state.step = step + 1
                 if problem is None:
@@ -198,12 +257,15 @@ def train_pipeline(pipeline: Pipeline, out: Path, progress: bool = True, *, env:
                 elif cfg.on_nonfinite == "skip":
                     state.skipped += 1
                     log.event(state.step, "skipped", reason=problem)
+                    if state.skipped > cfg.max_skipped():
+                        too_many = (f"step {state.step}: {state.skipped} of {cfg.steps} steps skipped, more than "
+                                    f"train.skip_limit = {cfg.skip_limit} allows ({cfg.max_skipped()}); the last: {problem}")
+                        log.event(state.step, "stopped", reason=too_many)
+                        raise TrainingError(_stop_message(too_many, out, "Lower optim.lr or set optim.grad_clip"))
                 else:
                     log.event(state.step, "stopped", reason=problem)
-                    kept = list_checkpoints(out)
-                    where = f"the last good checkpoint is {kept[-1][1]}" if kept else "no checkpoint was written"
-                    raise TrainingError(f"{problem}; {where}. Lower optim.lr, set optim.grad_clip, or set "
-                                        "train.on_nonfinite = \"skip\"")
+                    raise TrainingError(_stop_message(problem, out, "Lower optim.lr, set optim.grad_clip, or set "
+                                                                    "train.on_nonfinite = \"skip\""))
                 log.advance()
                 if state.step % cfg.log_every == 0 or state.step == cfg.steps:
                     now = time.perf_counter()
@@ -221,7 +283,7 @@ def train_pipeline(pipeline: Pipeline, out: Path, progress: bool = True, *, env:
                     if env.is_main:
                         print(f"fmmkit: stopped at step {state.step} ({stop.name or 'signal on another process'}); "
                               f"checkpoint saved; continue with: fmmkit train --resume {out}", file=sys.stderr)
-                    raise TrainingInterrupted(f"stopped at step {state.step}")
+                    raise TrainingInterrupted(f"stopped at step {state.step}", stop.signum or signal.SIGINT)
                 pictures = spec.log.pictures_every
                 if pictures and state.step % pictures == 0 and state.step < cfg.steps:
                     save_step_pictures(out, pipeline, state, env)
@@ -231,11 +293,38 @@ def train_pipeline(pipeline: Pipeline, out: Path, progress: bool = True, *, env:
         export_weights(out, state, env)
     finally:
         log.close()
-    return last
+    return Trained(last, state.skipped)
 
 
 # ----------------------------------------------------------------------------------------------
 # entry points
+
+
+def runs_read_by(spec: Spec) -> list[tuple[str, Path]]:
+    """(spec key, directory) of every run the spec reads: ``teacher.run`` and any component key
+    named ``run`` or ``*_run`` (a guide run, say)."""
+    found = []
+    for field_ in attrs.fields(Spec):
+        component = getattr(spec, field_.name)
+        if not isinstance(component, ComponentSpec) or not attrs.has(type(component.config)):
+            continue
+        for key in attrs.fields(type(component.config)):
+            value = getattr(component.config, key.name)
+            if (key.name == "run" or key.name.endswith("_run")) and isinstance(value, str) and value:
+                found.append((f"{field_.name}.{key.name}", Path(value)))
+    return found
+
+
+def check_inputs_outside(spec: Spec, out: Path) -> None:
+    """A run may not be its own teacher: no run the spec reads may be ``out`` or lie inside it
+    (``--overwrite`` would delete it, and evaluation would compare the run with itself)."""
+    target = out.expanduser().resolve()
+    for key, path in runs_read_by(spec):
+        read = path.expanduser().resolve()
+        if read == target or target in read.parents:
+            what = "the teacher run" if key == "teacher.run" else "the run"
+            raise SpecError([f"{spec.source}: {key}: {what} {path} is inside --out {out} (the directory this run "
+                             f"writes); train into another directory, or point {key} elsewhere"])
 
 
 def train(spec: str | Path | dict[str, Any] | Spec, *, out: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
@@ -243,41 +332,52 @@ def train(spec: str | Path | dict[str, Any] | Spec, *, out: str | Path | None = 
           resume: bool = False) -> Path:
     """Train a spec (path, dict or Spec) into a run directory and return its path.
 
-    With ``resume=True`` the run in ``out`` continues from its newest readable checkpoint. Under
-    torchrun every process calls this; rank 0 writes the run directory.
+    Everything that can be checked is checked before the run directory is created or touched: the
+    spec, the data (read now), the memory a model and a micro-batch need, the split of the batch, the
+    runs the spec reads (never inside ``out``), and for a resume the checkpoints' spec and step. Then
+    the process holds the run's writer lock (:mod:`fmmkit.runs.lock`) while it writes. With
+    ``resume=True`` the run in ``out`` continues from its newest readable checkpoint. Under torchrun
+    every process calls this; rank 0 writes the run directory.
     """
     registry = registry or get_registry()
     resolved = load_spec(spec, overrides, registry)
     out_dir = Path(out) if out is not None else default_run_dir(resolved)
     if resolved.train.threads:
         torch.set_num_threads(resolved.train.threads)
+    check_inputs_outside(resolved, out_dir)
     with dist.distributed_session(resolved.train.device) as (env, device):
         if resume:
-            check_resumable(out_dir, resolved, registry)
+            check_resumable(out_dir, resolved, registry, overrides)
         else:
             check_run_dir(out_dir, overwrite)
         torch.manual_seed(resolved.train.seed)
         pipeline = build_pipeline(resolved, registry, device)
+        check_data(resolved, pipeline.data, load=True)
+        BatchPlan.make(resolved.train, env, resolved.source)
         dist.barrier(env)  # every process has checked the directory before rank 0 writes into it
-        if env.is_main:
-            if not resume:
-                prepare_run_dir(out_dir, overwrite)
-            atomic_write_text(out_dir / SPEC_FILE, spec_to_toml(resolved))
-        dist.barrier(env)
-        started = time.time()
-        last = train_pipeline(pipeline, out_dir, progress, env=env, resume=resume)
-        if env.is_main:
-            meta = {"fmmkit": __version__, "torch": torch.__version__, "device": str(device),
-                    "processes": env.world_size, "steps": resolved.train.steps,
-                    "weights": weights_file(sampling_label(resolved)),
-                    "seconds": round(time.time() - started, 2), "final": last,
-                    "plugins": plugins_used(resolved, registry)}
-            atomic_write_text(out_dir / RUN_INFO_FILE, json.dumps(meta, indent=2))
-            if pictures:
-                from fmmkit.evaluation import save_pictures
+        with writer_lock(out_dir) if env.is_main else contextlib.nullcontext():
+            changes = []
+            if env.is_main:  # under the lock, again: another writer may have finished meanwhile
+                if resume:
+                    changes = check_resumable(out_dir, resolved, registry, overrides).changes
+                else:
+                    prepare_run_dir(out_dir, overwrite)
+                atomic_write_text(out_dir / SPEC_FILE, spec_to_toml(resolved))
+            dist.barrier(env)
+            started = time.time()
+            trained = train_pipeline(pipeline, out_dir, progress, env=env, resume=resume, changes=changes)
+            if env.is_main:
+                meta = {"fmmkit": __version__, "torch": torch.__version__, "device": str(device),
+                        "processes": env.world_size, "steps": resolved.train.steps, "skipped": trained.skipped,
+                        "weights": weights_file(sampling_label(resolved)),
+                        "seconds": round(time.time() - started, 2), "final": trained.final,
+                        "plugins": plugins_used(resolved, registry)}
+                atomic_write_json(out_dir / RUN_INFO_FILE, meta)
+                if pictures:
+                    from fmmkit.evaluation import save_pictures
 
-                save_pictures(load_run(out_dir, registry=registry))
-        dist.barrier(env)
+                    save_pictures(load_run(out_dir, registry=registry))
+            dist.barrier(env)
     return out_dir
 
 

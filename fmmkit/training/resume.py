@@ -1,7 +1,18 @@
-"""The resume policy: which spec keys a resumed run may change, and the check that it is the same run."""
+"""The resume policy: which spec keys a resumed run may change, and the check that it is the same run.
+
+Every checkpoint records the resolved spec it was trained with (``spec`` in its manifest). A resume
+compares the spec it would train with (spec.toml with the ``--set`` overrides) against that record,
+so a hand-edited spec.toml is refused just like a ``--set`` of the same key; only the keys of
+``RESUMABLE_CHANGES`` may differ, and each one that does is returned (the loop logs it as a
+``changed`` event). ``train.steps`` may not go below the checkpoint's step: the weights would be
+labelled as a shorter run than they are. Checkpoints written before manifests held the spec are
+compared with spec.toml, as before.
+"""
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -9,37 +20,93 @@ from fmmkit.registry import Registry
 from fmmkit.runs.layout import SPEC_FILE
 from fmmkit.spec import Spec, SpecError, load_spec
 from fmmkit.spec.loader import spec_to_dict
-from fmmkit.training.checkpoint import list_checkpoints
+from fmmkit.training.checkpoint import checkpoint_problem, list_checkpoints, read_manifest
 
-#: Keys a resumed run may change; anything else must match the run's spec.toml.
-RESUMABLE_CHANGES = ("train.steps", "train.log_every", "train.threads", "train.device", "sample", "eval", "log",
-                     "checkpoint", "compile")
+#: Keys a resumed run may change (a section name: any key in it); anything else must match the
+#: spec the checkpoint was trained with. The optimiser's lr and grad_clip and the non-finite policy
+#: are here so that a run stopped by a non-finite loss can be continued with safer settings.
+RESUMABLE_CHANGES = ("train.steps", "train.log_every", "train.threads", "train.device", "train.on_nonfinite",
+                     "train.skip_limit", "optim.lr", "optim.grad_clip", "sample", "eval", "log", "checkpoint",
+                     "compile")
 
 
-def _first_difference(a: Any, b: Any, path: str = "") -> str | None:
+@dataclass
+class ResumePoint:
+    """What a resume continues from: the newest checkpoint's step and the resumable keys that change."""
+
+    step: int
+    changes: list[tuple[str, Any, Any]] = field(default_factory=list)  # (key, before, now)
+
+
+def comparable(spec: Spec) -> dict[str, Any]:
+    """The spec as plain JSON values (what a checkpoint manifest records)."""
+    return json.loads(json.dumps(spec_to_dict(spec)))
+
+
+def _split(d: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the fixed part, the resumable part) of a spec dict."""
+    fixed = json.loads(json.dumps(d))
+    resumable: dict[str, Any] = {}
+    for key in RESUMABLE_CHANGES:
+        section, _, leaf = key.partition(".")
+        table = fixed.get(section)
+        if leaf and isinstance(table, dict) and leaf in table:
+            resumable[key] = table.pop(leaf)
+        elif not leaf and section in fixed:
+            resumable[key] = fixed.pop(section)
+    return fixed, resumable
+
+
+def _differences(a: Any, b: Any, path: str = "") -> list[tuple[str, Any, Any]]:
     if isinstance(a, dict) and isinstance(b, dict):
-        for key in sorted(set(a) | set(b)):
-            found = _first_difference(a.get(key), b.get(key), f"{path}.{key}" if path else key)
-            if found:
-                return found
-        return None
-    return None if a == b else path
+        return [d for key in sorted(set(a) | set(b))
+                for d in _differences(a.get(key), b.get(key), f"{path}.{key}" if path else key)]
+    return [] if a == b else [(path, a, b)]
 
 
-def check_resumable(out: Path, spec: Spec, registry: Registry) -> None:
-    """The run in ``out`` has checkpoints and was trained with ``spec`` (up to RESUMABLE_CHANGES)."""
+def _newest_readable(out: Path) -> tuple[int, dict[str, Any]] | None:
+    """(step, manifest) of the newest checkpoint whose files match their manifest (the one a resume
+    continues from, unless it does not fit the run)."""
+    for step, path in reversed(list_checkpoints(out)):
+        if checkpoint_problem(path) is None:
+            return step, read_manifest(path)
+    return None
+
+
+def _override_for(key: str, overrides: list[str] | tuple[str, ...]) -> str | None:
+    for text in reversed(overrides):
+        set_key = ".".join(k.strip() for k in text.partition("=")[0].split("."))
+        if key == set_key or key.startswith(f"{set_key}.") or set_key.startswith(f"{key}."):
+            return text
+    return None
+
+
+def check_resumable(out: Path, spec: Spec, registry: Registry, overrides: list[str] | tuple[str, ...] = ()) -> ResumePoint:
+    """The run in ``out`` has checkpoints and ``spec`` is the spec they were trained with (up to
+    RESUMABLE_CHANGES); SpecError naming the key (and the --set or the file that changed it) if not."""
     if not (out / SPEC_FILE).is_file():
         raise SpecError([f"{out}: no run to resume there (no {SPEC_FILE}); start it with 'fmmkit train SPEC --out {out}'"])
     if not list_checkpoints(out):
         raise SpecError([f"{out}: the run stopped before its first checkpoint; start it again with "
                          f"'fmmkit train {out / SPEC_FILE} --out {out} --overwrite'"])
-    stored = load_spec(out / SPEC_FILE, registry=registry)
-    mine, theirs = spec_to_dict(spec), spec_to_dict(stored)
-    for key in RESUMABLE_CHANGES:
-        section, _, leaf = key.partition(".")
-        for d in (mine, theirs):
-            (d.get(section, {}).pop(leaf, None) if leaf else d.pop(section, None))
-    diff = _first_difference(mine, theirs)
-    if diff is not None:
-        raise SpecError([f"{out / SPEC_FILE}: {diff} differs from the spec being resumed; a resumed run keeps its spec "
-                         f"(only {', '.join(RESUMABLE_CHANGES)} may change)"])
+    newest = _newest_readable(out)
+    recorded = newest[1].get("spec") if newest is not None else None
+    if isinstance(recorded, dict):
+        trained_with, what = recorded, f"the spec the checkpoint of step {newest[0]} was trained with"
+    else:  # a checkpoint from before manifests recorded the spec
+        trained_with, what = comparable(load_spec(out / SPEC_FILE, registry=registry)), "the run's spec"
+    (fixed_now, resumable_now), (fixed_then, resumable_then) = _split(comparable(spec)), _split(trained_with)
+    changed = _differences(fixed_then, fixed_now)
+    if changed:
+        key = changed[0][0]
+        override = _override_for(key, overrides)
+        where = f"--set {override}" if override else spec.source
+        raise SpecError([f"{where}: {key} differs from {what}; a resumed run keeps its spec (only "
+                         f"{', '.join(RESUMABLE_CHANGES)} may change)"])
+    step = newest[0] if newest is not None else 0
+    if spec.train.steps < step:
+        override = _override_for("train.steps", overrides)
+        where = f"--set {override}" if override else f"{spec.source}: train.steps = {spec.train.steps}"
+        raise SpecError([f"{where}: the run's newest checkpoint is at step {step}; give train.steps >= {step} "
+                         "(a run cannot be shortened by resuming it)"])
+    return ResumePoint(step, _differences(resumable_then, resumable_now))

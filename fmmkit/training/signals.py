@@ -13,7 +13,17 @@ from typing import Any
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """The run stopped on a signal after saving a checkpoint (the CLI exits with status 130)."""
+    """The run stopped on a signal after saving a checkpoint; the CLI exits with 128 + the signal's
+    number, as a shell reports a process the signal ended (130 for SIGINT, 143 for SIGTERM)."""
+
+    def __init__(self, message: str, signum: int = signal.SIGINT) -> None:
+        super().__init__(message)
+        self.signum = int(signum)
+
+    @property
+    def exit_status(self) -> int:
+        """128 + the signal number."""
+        return 128 + self.signum
 
 
 class StopFlag:

@@ -21,7 +21,7 @@ from fmmkit.core import FlowMap, Loss
 from fmmkit.runs.files import save_tensors
 from fmmkit.spec import Spec, SpecError
 from fmmkit.training import distributed as dist
-from fmmkit.training.checkpoint import LoadedCheckpoint, save_checkpoint
+from fmmkit.training.checkpoint import CheckpointMismatch, LoadedCheckpoint, save_checkpoint
 from fmmkit.training.distributed import DistEnv
 from fmmkit.runs.layout import RAW, weights_file
 from fmmkit.training.ema import EMA
@@ -82,52 +82,62 @@ def _load_optimizer(optimizer: torch.optim.Optimizer, saved: dict[str, Any]) -> 
 
 
 @torch.no_grad()
-def _load_model(model: torch.nn.Module, saved: dict[str, Tensor], where: Path) -> None:
+def _load_model(model: torch.nn.Module, saved: Any, where: Path) -> None:
     live = model.state_dict()
-    if set(live) != set(saved):
-        raise SpecError([f"{where}: the checkpoint's weights do not fit this run's model (missing "
-                         f"{sorted(set(live) - set(saved))[:3]}, unexpected {sorted(set(saved) - set(live))[:3]})"])
+    if not isinstance(saved, dict) or set(live) != set(saved):
+        saved = saved if isinstance(saved, dict) else {}
+        raise CheckpointMismatch(f"{where}: the checkpoint's weights do not fit this run's model (missing "
+                                 f"{sorted(set(live) - set(saved))[:3]}, unexpected {sorted(set(saved) - set(live))[:3]})")
     for key, tensor in live.items():
         target = dist.local(tensor)
-        if target.shape != saved[key].shape:
-            raise SpecError([f"{where}: {key} has shape {tuple(saved[key].shape)} in the checkpoint but "
-                             f"{tuple(target.shape)} in this run's model; was spec.toml edited?"])
+        if not isinstance(saved[key], Tensor) or target.shape != saved[key].shape:
+            shape = tuple(saved[key].shape) if isinstance(saved[key], Tensor) else type(saved[key]).__name__
+            raise CheckpointMismatch(f"{where}: {key} has shape {shape} in the checkpoint but {tuple(target.shape)} "
+                                     "in this run's model; the checkpoint does not fit the run (was spec.toml edited?)")
         target.copy_(saved[key])
 
 
 def restore(state: TrainState, loaded: LoadedCheckpoint, env: DistEnv, plan: BatchPlan, parallel: str) -> None:
-    """Put a checkpoint back into ``state``: weights, EMAs, optimiser, schedule, loss, RNG streams."""
+    """Put a checkpoint back into ``state``: weights, EMAs, optimiser, schedule, loss, RNG streams.
+    CheckpointMismatch when its parts do not fit this run (the caller then tries the previous one)."""
     manifest = loaded.manifest
     sharded = manifest.get("parallel") == "fsdp" and manifest["world_size"] > 1
     if sharded and (manifest["world_size"] != env.world_size or parallel != "fsdp"):
         raise SpecError([f"{loaded.path}: the weights are sharded over {manifest['world_size']} processes (FSDP); "
                          f"resume with torchrun --nproc_per_node {manifest['world_size']} and train.parallel = \"fsdp\""])
     if manifest.get("micro_batches") != plan.micro_batches:
-        raise SpecError([f"{loaded.path}: the run drew {manifest.get('micro_batches')} micro-batches per step but this "
-                         f"one would draw {plan.micro_batches}; set train.micro_batches = {manifest.get('micro_batches')}"])
+        raise CheckpointMismatch(f"{loaded.path}: the run drew {manifest.get('micro_batches')} micro-batches per step "
+                                 f"but this one draws {plan.micro_batches}; the checkpoint does not fit the run")
     parts = loaded.parts
-    _load_model(state.model, parts["model"], loaded.path)
-    for label in state.ema.labels:
-        if label not in parts:
-            raise SpecError([f"{loaded.path}: no {label} weights in the checkpoint; ema must match the run's spec"])
-        state.ema.load_state_dict(label, parts[label])
-    trainer = parts["trainer"]
-    _load_optimizer(state.optimizer, trainer["optimizer"])
-    state.scheduler.load_state_dict(trainer["scheduler"])
-    state.loss.load_state_dict(trainer["loss"])
-    state.step, state.skipped = int(trainer["step"]), int(trainer["skipped"])
-    by_rank = loaded.others.get("rng", {})
-    restore_rng(by_rank.get(env.rank, by_rank.get(0, {"global": capture_rng()}))["global"])
-    streams = {slot: s for r in by_rank.values() for slot, s in r["streams"].items()}
-    for stream in state.streams:
-        stream.load_state_dict(streams[str(stream.slot)])
+    try:
+        _load_model(state.model, parts["model"], loaded.path)
+        for label in state.ema.labels:
+            if label not in parts:
+                raise CheckpointMismatch(f"{loaded.path}: no {label} weights in the checkpoint; it does not fit the "
+                                         "run's ema settings")
+            state.ema.load_state_dict(label, parts[label])
+        trainer = parts["trainer"]
+        _load_optimizer(state.optimizer, trainer["optimizer"])
+        state.scheduler.load_state_dict(trainer["scheduler"])
+        state.loss.load_state_dict(trainer["loss"])
+        state.step, state.skipped = int(trainer["step"]), int(trainer["skipped"])
+        by_rank = loaded.others.get("rng", {})
+        restore_rng(by_rank.get(env.rank, by_rank.get(0, {"global": capture_rng()}))["global"])
+        streams = {slot: s for r in by_rank.values() for slot, s in r["streams"].items()}
+        for stream in state.streams:
+            stream.load_state_dict(streams[str(stream.slot)])
+    except (KeyError, IndexError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
+        raise CheckpointMismatch(f"{loaded.path}: its state does not fit this run ({type(exc).__name__}: "
+                                 f"{str(exc).splitlines()[0] if str(exc) else 'missing part'})") from None
 
 
 def write_checkpoint(out: Path, state: TrainState, env: DistEnv, spec: Spec, plan: BatchPlan, sharded: bool) -> Path:
     """Save ``state`` as checkpoint ``step-N`` (every process takes part)."""
     shared, per_rank = checkpoint_parts(state, sharded)
+    from fmmkit.training.resume import comparable
+
     meta = {"parallel": "fsdp" if sharded else "ddp", "micro_batches": plan.micro_batches,
-            "fmmkit": __version__, "torch": torch.__version__}
+            "fmmkit": __version__, "torch": torch.__version__, "spec": comparable(spec)}
     return save_checkpoint(out, state.step, shared, per_rank, env, spec.checkpoint.keep, meta, gather=not sharded,
                            device=state.streams[0].device)
 

@@ -8,7 +8,6 @@ applies to. ``status`` is "pass", "FAIL" or "skip" (a law that does not apply, w
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -74,26 +73,17 @@ class Report:
         raise KeyError(f"no law '{name}' in this report; measured: {', '.join(l.name for l in self.laws)}")
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict (non-finite numbers become strings)."""
+        """The report as plain values (a skipped law's NaN stays a float; :meth:`to_json` writes null)."""
         laws = [{**asdict(law), "relative": law.relative} for law in self.laws]
-        data = {"source": self.source, "passed": self.passed, "failed": self.failed, "settings": self.settings,
+        return {"source": self.source, "passed": self.passed, "failed": self.failed, "settings": self.settings,
                 "laws": laws, "growth": [asdict(row) for row in self.growth],
                 "growth_exponents": self.growth_exponents, "notes": self.notes}
-        return _finite(data)
 
     def to_json(self) -> str:
-        """The report as indented JSON."""
-        return json.dumps(self.to_dict(), indent=2)
+        """The report as indented standard JSON: non-finite numbers are null, listed in ``"nonfinite"``."""
+        from fmmkit.runs.files import json_text
 
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
+        return json_text(self.to_dict(), indent=2)
 
 
 def _num(x: float) -> str:

@@ -64,6 +64,9 @@ DESCRIPTIONS: dict[str, str] = {
     "velocity_exact": "b_t(x) - b*_t(x) (exact map)",
 }
 
+#: The worst-triple search needs this many examples (hypothesis, random and compass stages); more
+#: than MAX_SEARCH_EXAMPLES would run for days.
+MIN_SEARCH_EXAMPLES, MAX_SEARCH_EXAMPLES = 4, 1_000_000
 GROWTH_EDGES = (0.0, 0.05, 0.1, 0.2, 0.4, 0.7, 1.0)
 
 
@@ -92,9 +95,10 @@ class VerifySettings:
     thresholds: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name in ("num_points", "search_points", "search_examples", "growth_points"):
-            if getattr(self, name) < 2:
-                raise VerifyError(f"{name.replace('_', ' ')}: need at least 2, got {getattr(self, name)}")
+        for name, least in (("num_points", 2), ("search_points", 2), ("search_examples", MIN_SEARCH_EXAMPLES),
+                            ("growth_points", 2)):
+            if getattr(self, name) < least:
+                raise VerifyError(f"{name.replace('_', ' ')}: need at least {least}, got {getattr(self, name)}")
 
     def threshold(self, name: str) -> float:
         """The threshold of one law: the user's, else the default."""
