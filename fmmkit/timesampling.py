@@ -8,7 +8,8 @@ A spec chooses them in the nested table ``[loss.times]``:
 - pairs (s, t) are two independent draws, sorted for ``order = "forward"`` (s <= t: uniform on the
   triangle for ``uniform``) or left as drawn for ``order = "both"`` (maps backwards in time too).
 - ``diagonal_fraction``: the share of pairs with s = t (MeanFlow's "fraction of r = t"); those rows are
-  the first round(fraction * n) of the batch (batch rows are exchangeable).
+  the first round(fraction * n) of the batch (batch rows are exchangeable) and keep the pair's start
+  time s: t is set to s, as MeanFlow's ``sample_tr`` keeps its t (the noisier time, our s).
 
 A loss whose defaults differ (MeanFlow's diagonal share, direct FMM's order) declares a subclass that
 overrides the field, so that a partial ``[loss.times]`` table keeps the loss's other defaults.
@@ -66,12 +67,12 @@ class TimeSampling:
         self, n: int, device: torch.device | str, dtype: torch.dtype = torch.float32
     ) -> tuple[Tensor, Tensor]:
         """n pairs (s, t), each (n,): s <= t for ``forward``, any order for ``both``; the first
-        round(diagonal_fraction * n) pairs have s = t."""
+        round(diagonal_fraction * n) pairs have s = t (= the pair's s)."""
         a, b = self.sample(n, device, dtype), self.sample(n, device, dtype)
         s, t = (torch.minimum(a, b), torch.maximum(a, b)) if self.order == "forward" else (a, b)
         n_diag = diagonal_count(n, self.diagonal_fraction)
         if n_diag:
-            s = torch.cat([t[:n_diag], s[n_diag:]])
+            t = torch.cat([s[:n_diag], t[n_diag:]])
         return s, t
 
 

@@ -68,12 +68,12 @@ def assert_methods_agree(fn: Any) -> None:
 
 HELPERS = {
     "time_derivative": lambda m, x, s, t, dx, k: D.time_derivative(m, x, s, t, method=k),
-    "eulerian_derivative": lambda m, x, s, t, dx, k: D.eulerian_derivative(m, x, s, t, dx, method=k),
+    "eulerian_derivative": lambda m, x, s, t, dx, k: D.eulerian_derivative(m, x, s, t, dx=dx, method=k),
     "directional_map": lambda m, x, s, t, dx, k: D.directional_derivative(
-        m, x, s, t, (dx, torch.full_like(s, 0.3), torch.full_like(t, -0.7)), method=k),
+        m, x, s, t, dx=dx, ds=torch.full_like(s, 0.3), dt=torch.full_like(t, -0.7), method=k),
     "velocity_derivative": lambda m, x, s, t, dx, k: D.velocity_derivative(
-        m, x, s, t, (dx, torch.full_like(s, -0.4), torch.full_like(t, 0.9)), method=k),
-    "eulerian_velocity_derivative": lambda m, x, s, t, dx, k: D.eulerian_velocity_derivative(m, x, s, t, dx, method=k),
+        m, x, s, t, dx=dx, ds=torch.full_like(s, -0.4), dt=torch.full_like(t, 0.9), method=k),
+    "eulerian_velocity_derivative": lambda m, x, s, t, dx, k: D.eulerian_velocity_derivative(m, x, s, t, dx=dx, method=k),
     "lagrangian_velocity_derivative": lambda m, x, s, t, dx, k: D.lagrangian_velocity_derivative(m, x, s, t, method=k),
 }
 
@@ -87,8 +87,8 @@ def test_jvp_matches_finite_difference(name: str) -> None:
 def test_eulerian_map_and_velocity_forms_agree() -> None:
     """d/ds X + grad_x X b = b - v + (t - s)(d/ds v + grad_x v b), with X = x + (t - s) v."""
     model, (x, s, t, b) = smooth_model(), inputs()
-    _, dx_map = D.eulerian_derivative(model, x, s, t, b)
-    v, dv = D.eulerian_velocity_derivative(model, x, s, t, b)
+    _, dx_map = D.eulerian_derivative(model, x, s, t, dx=b)
+    v, dv = D.eulerian_velocity_derivative(model, x, s, t, dx=b)
     torch.testing.assert_close(dx_map, b - v + (t - s)[:, None] * dv, rtol=1e-10, atol=1e-12)
 
 

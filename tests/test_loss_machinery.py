@@ -190,7 +190,8 @@ SELF = {
     "eulerian_self_distillation": ({}, {"diagonal": 1.0, "eulerian": 0.0}),
     "progressive_self_distillation": ({}, {"diagonal": 1.0, "progressive": 0.0}),
     "direct_flow_map_matching": ({}, {"lagrangian": 1.0, "invertibility": 0.0}),
-    "shortcut": ({"finest_uses_velocity": False}, {"flow_matching": 1.0, "bootstrap": 0.0}),
+    "shortcut": ({"finest_uses_velocity": False, "ema_decay": 0.0, "intermediate_clip": 0.0, "target_clip": 0.0},
+                 {"flow_matching": 1.0, "bootstrap": 0.0}),
 }
 
 
@@ -235,16 +236,19 @@ def test_self_distillation_bakes_guidance_into_the_velocity_target(name: str) ->
             assert float(metrics[term]) == pytest.approx(W**2 * floor, rel=0.03), term
 
 
-def test_meanflow_guidance_enters_target_and_tangent() -> None:
-    """MeanFlow with guidance at the guided exact map: w^2 x the unguided value at the plain one (3%)."""
+@pytest.mark.parametrize("kappa", [0.0, 0.5])
+def test_meanflow_guidance_enters_target_and_tangent(kappa: float) -> None:
+    """MeanFlow with guidance at the guided exact map: (w (1 - kappa))^2 x the unguided value at the plain
+    one (3%): the target's noise is w (1 - kappa) (dI/ds - b), kappa's own-velocity share is noise-free."""
     ip = interpolant("linear", 0.0)
     batch = labelled_batch()
     values = []
     for w in (1.0, W):
-        loss = make_loss("meanflow", ip, 2, guidance={"scale": w}, weighting={"kind": "none"}, times=TIMES)
+        loss = make_loss("meanflow", ip, 2, guidance={"scale": w, "kappa": kappa, "label_dropout": 0.0},
+                         weighting={"kind": "none"}, times=TIMES)
         torch.manual_seed(0)
         values.append(float(loss(FlowMap(GuidedExactBackbone(ip, w)), batch).loss))
-    assert values[1] == pytest.approx(W**2 * values[0], rel=0.03)
+    assert values[1] == pytest.approx((W * (1 - kappa))**2 * values[0], rel=0.03)
 
 
 # ---- loss state ----------------------------------------------------------------------------------

@@ -34,6 +34,10 @@ from fmmkit.spec.loader import _component
 
 LO, HI = 0.05, 0.95
 TIMES = {"t_min": LO, "t_max": HI}
+#: for the losses whose default time law is not uniform (MeanFlow's logit-normal): the closed forms integrate U
+UNIFORM = {**TIMES, "distribution": "uniform"}
+#: shortcut's official clips (+-4) cut the Gaussian's tails: off for the exact residual
+NO_CLIP = {"intermediate_clip": 0.0, "target_clip": 0.0}
 N = 2**15
 EPS = 0.3
 MEAN = torch.tensor([1.0, -0.5], dtype=torch.float64)
@@ -147,13 +151,14 @@ ORACLES: dict[str, list[Oracle]] = {
                {"diagonal": fm_floor, "progressive": ZERO}),
     ],
     "meanflow": [
-        Oracle({"times": {**TIMES, "diagonal_fraction": 0.25}, "weighting": {"kind": "none"}},
+        Oracle({"times": {**UNIFORM, "diagonal_fraction": 0.25}, "weighting": {"kind": "none"}},
                lambda ip: share(0.25) * fm_floor(ip) + (1 - share(0.25)) * meanflow_floor(ip), objective=False),
-        Oracle({"times": {**TIMES, "diagonal_fraction": 0.75}}, lambda ip: float("nan"), objective=False),
+        Oracle({"times": {**UNIFORM, "diagonal_fraction": 0.75}}, lambda ip: float("nan"), objective=False),
+        Oracle({"times": TIMES}, lambda ip: float("nan"), objective=False),  # the official defaults
     ],
-    "shortcut": [Oracle({"times": TIMES, "finest_uses_velocity": False}, lambda ip: (1 - share(0.125)) * fm_floor(ip),
-                        {"flow_matching": fm_floor, "bootstrap": ZERO}),
-                 Oracle({"times": TIMES, "finest_uses_velocity": False, "ema_decay": 0.9, "levels": 4},
+    "shortcut": [Oracle({"times": TIMES, "finest_uses_velocity": False, "ema_decay": 0.0, **NO_CLIP},
+                        lambda ip: (1 - share(0.125)) * fm_floor(ip), {"flow_matching": fm_floor, "bootstrap": ZERO}),
+                 Oracle({"times": TIMES, "finest_uses_velocity": False, "ema_decay": 0.9, "levels": 4, **NO_CLIP},
                         lambda ip: (1 - share(0.125)) * fm_floor(ip), {"flow_matching": fm_floor, "bootstrap": ZERO})],
     "consistency_distillation": [Oracle({"times": TIMES, "warmup_steps": 10}, step=10)],
     "consistency_training": [

@@ -134,7 +134,8 @@ class DiT(AttentionBackbone):
         self.embed = nn.Conv2d(cin, hidden, p, stride=p)
         self.register_buffer("positions", sincos_positions(hidden, *self.grid)[None], persistent=False)
         self.cond = ConditionEmbedding(hidden, config.time_dim, config.time_embedding, config.time_pair,
-                                       num_classes, config.label_dropout)
+                                       num_classes, config.label_dropout,
+                                       guidance=bool(ctx is not None and ctx.guidance_input))
         self.blocks = nn.ModuleList(DiTBlock(hidden, config.resolved_heads, config.mlp_ratio, backends)
                                     for _ in range(config.resolved_depth))
         self.final_norm = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)

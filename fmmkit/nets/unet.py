@@ -150,7 +150,8 @@ class UNet(AttentionBackbone):
         ch, groups, heads = config.channels, config.groups, config.num_heads
         cond_dim = 4 * ch
         self.cond = ConditionEmbedding(cond_dim, config.time_dim, config.time_embedding, config.time_pair,
-                                       num_classes, config.label_dropout)
+                                       num_classes, config.label_dropout,
+                                       guidance=bool(ctx is not None and ctx.guidance_input))
 
         def res(a: int, b: int) -> ResBlock:
             return ResBlock(a, b, cond_dim, groups, config.dropout)

@@ -51,7 +51,19 @@ def make_converter() -> cattrs.Converter:
     conv.register_structure_hook(float, _strict(float, (int, float), "a number"))
     conv.register_structure_hook(bool, _strict(bool, (bool,), "true or false"))
     conv.register_structure_hook(str, _strict(str, (str,), "a string"))
+    conv.register_structure_hook(float | list[float], _number_or_range)
     return conv
+
+
+def _number_or_range(value: Any, _: Any) -> float | list[float]:
+    """A number, or an array of numbers (``[loss.guidance] scale = 2.0`` or ``scale = [1.0, 4.0]``)."""
+    number = _strict(float, (int, float), "a number")
+    if isinstance(value, list):
+        return [number(v, float) for v in value]
+    try:
+        return number(value, float)
+    except TypeError:
+        raise TypeError(f"expected a number or an array of numbers, got {value!r} ({_type_name(value)})") from None
 
 
 CONVERTER = make_converter()
