@@ -95,8 +95,8 @@ class GuidanceConfig:
         if self.variable and self.scale_distribution == "log_uniform" and self.scale[0] <= 0:  # type: ignore[index]
             raise SpecValueError("scale", f"log_uniform needs lo > 0, got {self.scale!r}")
         if self.interval_sampling == "random" and not self.variable:
-            raise SpecValueError("interval_sampling", "\"random\" intervals are an input of the model: "
-                                 "set scale = [lo, hi] (variable guidance) too")
+            raise SpecValueError("interval_sampling", "\"random\" intervals are an input of the model, for variable "
+                                 "guidance only: set scale = [lo, hi], or interval_sampling = \"fixed\" for one scale")
 
     @property
     def variable(self) -> bool:
@@ -148,6 +148,8 @@ def effective_scale(y: Tensor | None, t: Tensor, config: GuidanceConfig) -> Tens
     if g is not None:
         inside = (t >= g[:, 1].to(t.dtype)) & (t <= g[:, 2].to(t.dtype))
         return torch.where(inside, g[:, 0].to(t.dtype), torch.ones_like(t))
+    if config.variable:  # no conditioning matrix: unlabelled data, nothing to guide
+        return 1.0
     scale = float(config.scale)  # type: ignore[arg-type]
     a, b = config.interval
     if a <= 0 and b >= 1:

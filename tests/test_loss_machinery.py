@@ -18,23 +18,12 @@ from fmmkit.spec.loader import _component, read_toml, structure_spec
 from fmmkit.timesampling import TimeSampling
 from fmmkit.weighting import Weighting, WeightingConfig
 
+from loss_helpers import interpolant, make_loss
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def interpolant(kind: str = "linear", noise: float = 0.0) -> Any:
-    registry = get_registry()
-    spec = _component({"kind": kind, "noise": noise}, "interpolant", "interpolant", "test", registry)
-    return registry.build("interpolant", kind, spec.config, BuildContext())
-
-
-def make_loss(name: str, ip: Any, num_classes: int | None = None, **config: Any) -> Any:
-    registry = get_registry()
-    spec = _component({"kind": name, **config}, "loss", "loss", "test", registry)
-    ctx = BuildContext(data_shape=(2,), num_classes=num_classes, interpolant=ip)
-    return registry.build("loss", name, spec.config, ctx)
 
 
 # ---- time sampling -------------------------------------------------------------------------------

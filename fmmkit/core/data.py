@@ -13,15 +13,17 @@ from fmmkit.core.component import Component
 
 @dataclass
 class Batch:
-    """A batch of data points x1 of shape (B, ...) with optional integer labels y of shape (B,)."""
+    """A batch of data points x1 of shape (B, ...) with optional integer labels y of shape (B,) (or, inside
+    a loss with variable guidance, the conditioning matrix (B, 4) of :mod:`fmmkit.core.conditioning`)."""
 
     x1: Tensor
     y: Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.y is not None:
-            assert self.y.shape == (self.x1.shape[0],), (
-                f"labels must have shape ({self.x1.shape[0]},), got {tuple(self.y.shape)}"
+            n = self.x1.shape[0]
+            assert self.y.shape == (n,) or (self.y.ndim == 2 and self.y.shape[0] == n), (
+                f"labels must have shape ({n},) (or ({n}, 4) with guidance), got {tuple(self.y.shape)}"
             )
 
     def __len__(self) -> int:

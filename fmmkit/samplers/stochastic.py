@@ -15,7 +15,8 @@ the ``consistency`` sampler, the one a model that learns only X_{s,1} (consisten
 distillation) needs. ``stochastic_flow_map`` re-injects sigma = churn * gamma_t (``noise = "gamma"``,
 the default: the interpolant's own gamma-noise, none for a deterministic interpolant) or sigma =
 churn * n_t (``noise = "total"``). NFE = K either way; the noise comes from a generator seeded with
-``seed`` at each call, so a sampler draws the same noise every time.
+``seed`` (offset by :data:`RENOISE_SEED_OFFSET`, so that it never replays the starting noise x0 drawn
+with a small seed) at each call, so a sampler draws the same noise every time.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from fmmkit.hookspecs import hookimpl
 from fmmkit.samplers.flow_map import FlowMapSampler, FlowMapSamplerConfig
 
 NOISES = ("gamma", "total")
+#: added to ``seed``: the re-injected noise must be independent of x0, which callers draw with small seeds
+RENOISE_SEED_OFFSET = 0x5EED_0000_0001
 
 
 @attrs.define(frozen=True)
@@ -104,7 +107,7 @@ class StochasticFlowMapSampler(FlowMapSampler):
     def __call__(self, model: FlowMapLike, x0: Tensor, y: Tensor | None = None) -> SampleResult:  # type: ignore[override]
         assert self.interpolant is not None, "a re-noising sampler needs the interpolant"
         ip, grid = self.interpolant, self.times
-        g = torch.Generator(device=x0.device).manual_seed(self.config.seed)
+        g = torch.Generator(device=x0.device).manual_seed(RENOISE_SEED_OFFSET + self.config.seed)
         x, n = x0, x0.shape[0]
         trajectory = [x] if self.config.keep_trajectory else None
         for s, t in zip(grid, grid[1:]):
