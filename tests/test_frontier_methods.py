@@ -321,7 +321,7 @@ def train_freeflow(steps: int, seed: int = 0, **config: Any) -> tuple[float, Any
 
 @pytest.mark.slow
 def test_freeflow_with_no_data_converges_to_the_exact_map() -> None:
-    """Predictor and corrector from the prior alone: after 600 steps X_{0,1} is within 5% (relative RMS) of
-    the exact map, from 100% for the zero-initialised model."""
+    """Predictor and corrector from the prior alone: after 600 steps X_{0,1} is within 3% (relative RMS) of
+    the exact map (1.2% measured), from 100% for the zero-initialised model."""
     error, _ = train_freeflow(600)
-    assert error < 0.05, f"relative map error {error:.4f}"
+    assert error < 0.03, f"relative map error {error:.4f}"
