@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from fmmkit.core import Backbone, Batch, BuildContext, FlowMap
 from fmmkit.core.conditioning import condition, guidance_of, labels_of
 from fmmkit.exact import GaussianFlowMap
-from fmmkit.guidance import AutoGuided, GuidanceConfig
+from fmmkit.losses.guidance import AutoGuided, GuidanceConfig
 from fmmkit.registry import get_registry
 from fmmkit.spec import SpecError, load_spec
 from fmmkit.spec.loader import _component

@@ -17,10 +17,10 @@ from torch import Tensor, nn
 
 from fmmkit.core import Backbone, Batch, FlowMap
 from fmmkit.core.flow_map import TrigFlowMap
-from fmmkit.derivatives import directional_derivative, time_derivative
-from fmmkit.guidance import drop_labels
+from fmmkit.core.derivatives import directional_derivative, time_derivative
+from fmmkit.losses.guidance import drop_labels
 from fmmkit.spec import SpecError, load_spec
-from fmmkit.weighting import Weighting, WeightingConfig
+from fmmkit.losses.weighting import Weighting, WeightingConfig
 from loss_helpers import interpolant, make_loss
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -3,7 +3,7 @@
 ``y`` is either integer labels (B,) (the null label ``num_classes``, or ``y = None``, asks for the
 unconditional output) or the *conditioning matrix* (B, 4) float32 = [label, w, start, end]: the label,
 the classifier-free guidance scale w and the guidance interval [start, end] of variable guidance
-(iMF, 2512.02012; :mod:`fmmkit.guidance`). Every loss, sampler and derivative passes y through
+(iMF, 2512.02012; :mod:`fmmkit.losses.guidance`). Every loss, sampler and derivative passes y through
 unchanged; backbones built with ``BuildContext.guidance_input`` embed (1 - 1/w, start, end), the
 others read only the labels.
 """

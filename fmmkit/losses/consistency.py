@@ -39,7 +39,7 @@ from fmmkit.core import Batch, FlowMap, VelocityField
 from fmmkit.core.flow_map import PARAMETERIZATIONS
 from fmmkit.core.validators import SpecValueError, one_of, positive
 from fmmkit.hookspecs import hookimpl
-from fmmkit.losses._common import FlowMapLoss, TangentConfig, Term, normalized, ramp, semigradient_squares
+from fmmkit.losses.base import FlowMapLoss, TangentConfig, Term, normalized, ramp, semigradient_squares
 
 
 @attrs.define(frozen=True)

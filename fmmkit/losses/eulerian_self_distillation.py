@@ -26,9 +26,9 @@ import torch
 from fmmkit.core import Batch, FlowMap
 from fmmkit.core.shapes import mean_squares
 from fmmkit.core.validators import one_of
-from fmmkit.derivatives import ReplayedRNG, directional_derivative, eulerian_derivative
+from fmmkit.core.derivatives import ReplayedRNG, directional_derivative, eulerian_derivative
 from fmmkit.hookspecs import hookimpl
-from fmmkit.losses._common import SelfDistillationConfig, SelfDistillationLoss, Term
+from fmmkit.losses.base import SelfDistillationConfig, SelfDistillationLoss, Term
 
 STOPGRADS = ("transport", "convex")
 

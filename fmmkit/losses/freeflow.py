@@ -48,10 +48,10 @@ from fmmkit.core import Batch, BuildContext, FlowMap, VelocityField
 from fmmkit.core.loss import LossBuildError
 from fmmkit.core.shapes import broadcast_time, mean_squares
 from fmmkit.core.validators import SpecValueError, non_negative, one_of, unit_interval
-from fmmkit.derivatives import DERIVATIVE_METHODS, time_derivative
-from fmmkit.guidance import labels_of
+from fmmkit.core.derivatives import DERIVATIVE_METHODS, time_derivative
+from fmmkit.losses.guidance import labels_of
 from fmmkit.hookspecs import hookimpl
-from fmmkit.losses._common import FlowMapLoss, LossTables, Term, prefixed, split_batch, unprefixed
+from fmmkit.losses.base import FlowMapLoss, LossTables, Term, prefixed, split_batch, unprefixed
 
 
 def _check_range(instance: Any, attribute: attrs.Attribute[Any], value: list[float]) -> None:

@@ -43,8 +43,8 @@ from torch import Tensor
 from fmmkit.core import Batch, FlowMap, VelocityField
 from fmmkit.core.shapes import broadcast_time, mean_squares
 from fmmkit.core.validators import non_negative, one_of, positive, unit_interval
-from fmmkit.derivatives import DERIVATIVE_METHODS, eulerian_velocity_derivative
-from fmmkit.guidance import (
+from fmmkit.core.derivatives import DERIVATIVE_METHODS, eulerian_velocity_derivative
+from fmmkit.losses.guidance import (
     END,
     INTERVAL_SAMPLINGS,
     SCALE_DISTRIBUTIONS,
@@ -56,9 +56,9 @@ from fmmkit.guidance import (
     null_condition,
 )
 from fmmkit.hookspecs import hookimpl
-from fmmkit.losses._common import FlowMapLoss, LossTables, Term
+from fmmkit.losses.base import FlowMapLoss, LossTables, Term
 from fmmkit.losses.meanflow import OFFICIAL_LOGIT_MEAN, MeanFlowWeighting
-from fmmkit.timesampling import TIME_DISTRIBUTIONS, TimeSampling, diagonal_count
+from fmmkit.losses.times import TIME_DISTRIBUTIONS, TimeSampling, diagonal_count
 
 
 @attrs.define(frozen=True)

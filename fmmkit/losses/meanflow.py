@@ -12,7 +12,7 @@ MeanFlow replaces b_s by the conditional velocity dI_s/ds and regresses on the s
 
 one JVP of v in (x, s, t) with tangent (dI_s/ds, 1, 0), computed with the prediction in the same pass.
 (The tangent matters: the paper's ImageNet ablation gives FID 61 with it and 268 / 329 with two wrong
-ones.) With guidance, dI_s/ds becomes the guided target (:func:`fmmkit.guidance.guided_target`) in
+ones.) With guidance, dI_s/ds becomes the guided target (:func:`fmmkit.losses.guidance.guided_target`) in
 both the target and the tangent (MeanFlow's CFG).
 
 Defaults are the official code's (Gsunshine/meanflow ``meanflow.py``, ``configs/default.py``;
@@ -39,12 +39,12 @@ import attrs
 from fmmkit.core import Batch, FlowMap, VelocityField
 from fmmkit.core.shapes import mean_squares
 from fmmkit.core.validators import non_negative, one_of, positive, unit_interval
-from fmmkit.derivatives import DERIVATIVE_METHODS
-from fmmkit.guidance import GuidanceConfig
+from fmmkit.core.derivatives import DERIVATIVE_METHODS
+from fmmkit.losses.guidance import GuidanceConfig
 from fmmkit.hookspecs import hookimpl
-from fmmkit.losses._common import FlowMapLoss, LossTables, Term
-from fmmkit.timesampling import TIME_DISTRIBUTIONS, TimeSampling
-from fmmkit.weighting import REDUCTIONS, WEIGHTINGS, WeightingConfig
+from fmmkit.losses.base import FlowMapLoss, LossTables, Term
+from fmmkit.losses.times import TIME_DISTRIBUTIONS, TimeSampling
+from fmmkit.losses.weighting import REDUCTIONS, WEIGHTINGS, WeightingConfig
 
 #: MeanFlow's P_mean = -0.4 (noise at tau = 1) is logit_mean = +0.4 here (noise at t = 0).
 OFFICIAL_LOGIT_MEAN = 0.4

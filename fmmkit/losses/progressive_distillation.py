@@ -32,7 +32,7 @@ from fmmkit.core.shapes import broadcast_time, mean_squares
 from fmmkit.core.loss import LossBuildError
 from fmmkit.core.validators import at_least, one_of, positive
 from fmmkit.hookspecs import hookimpl
-from fmmkit.losses._common import FlowMapLoss, LossTables, Term, frozen_copy, prefixed, unprefixed
+from fmmkit.losses.base import FlowMapLoss, LossTables, Term, frozen_copy, prefixed, unprefixed
 
 
 @attrs.define(frozen=True)

@@ -3,9 +3,9 @@
 A loss here subclasses :class:`FlowMapLoss` and returns named :class:`Term` s of per-sample squared
 residuals (averaged over dimensions) with their times (s, t); the base class draws label dropout
 (and, for variable guidance, each sample's guidance scale and interval, packed into the conditioning
-matrix y: :mod:`fmmkit.guidance`), reduces all terms together with the configured
-:mod:`fmmkit.weighting` (so a term's share of the loss is its share of the batch), and logs each
-term's unweighted mean. Configs may carry ``times`` (:class:`fmmkit.timesampling.TimeSampling`),
+matrix y: :mod:`fmmkit.losses.guidance`), reduces all terms together with the configured
+:mod:`fmmkit.losses.weighting` (so a term's share of the loss is its share of the batch), and logs each
+term's unweighted mean. Configs may carry ``times`` (:class:`fmmkit.losses.times.TimeSampling`),
 ``weighting`` and ``guidance`` tables.
 
 Target passes — stop-gradient evaluations of the model itself that build a target (LSD's
@@ -34,8 +34,8 @@ from fmmkit.core import Batch, BuildContext, FlowMap, Interpolant, InterpolantSa
 from fmmkit.core.flow_map import time_dtype
 from fmmkit.core.shapes import broadcast_time, mean_squares
 from fmmkit.core.validators import non_negative, one_of, unit_interval
-from fmmkit.derivatives import DERIVATIVE_METHODS, eulerian_velocity_derivative
-from fmmkit.guidance import (
+from fmmkit.core.derivatives import DERIVATIVE_METHODS, eulerian_velocity_derivative
+from fmmkit.losses.guidance import (
     GuidanceConfig,
     condition,
     drop_labels,
@@ -46,8 +46,8 @@ from fmmkit.guidance import (
     labels_of,
     null_condition,
 )
-from fmmkit.timesampling import TimeSampling, diagonal_count, stochastic_time_bounds
-from fmmkit.weighting import Weighting, WeightingConfig
+from fmmkit.losses.times import TimeSampling, diagonal_count, stochastic_time_bounds
+from fmmkit.losses.weighting import Weighting, WeightingConfig
 
 
 @attrs.define(frozen=True)
@@ -197,7 +197,7 @@ class FlowMapLoss(Loss):
 
     def velocity_target(self, model: FlowMap, path: InterpolantSample, y: Tensor | None) -> Tensor:
         """The regression target for v_{t,t}(I_t): dI_t/dt, guided when labels and a scale are given
-        (the model's own velocities from target passes; see :func:`fmmkit.guidance.guided_target`)."""
+        (the model's own velocities from target passes; see :func:`fmmkit.losses.guidance.guided_target`)."""
         scale = effective_scale(y, path.t, self.guidance)
         if not is_guided(y, scale):
             return path.dx_t
@@ -209,7 +209,7 @@ class FlowMapLoss(Loss):
 
     def prepare_labels(self, batch: Batch) -> Batch:
         """Label dropout (``label_dropout_rows``), then, for variable guidance, each row's w and interval
-        packed with its label into the conditioning matrix (:func:`fmmkit.guidance.condition`)."""
+        packed with its label into the conditioning matrix (:func:`fmmkit.losses.guidance.condition`)."""
         if batch.y is None:
             return batch
         start, stop = self.label_dropout_span(len(batch))
