@@ -72,6 +72,7 @@ BUILTIN_PLUGINS = (
     "fmmkit.data.digits",
     "fmmkit.data.gaussian",
     "fmmkit.data.npy",
+    "fmmkit.data.prior",
     "fmmkit.data.toy2d",
     "fmmkit.data.vision",
     "fmmkit.metrics.digits_fd",

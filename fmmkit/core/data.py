@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -52,6 +53,8 @@ class DataSource(Component, ABC):
     shape: tuple[int, ...] = ()
     #: Number of class labels, or None for unlabelled data.
     num_classes: int | None = None
+    #: False for a source whose points are placeholders (the ``prior`` of data-free losses).
+    holds_data: ClassVar[bool] = True
 
     @abstractmethod
     def sample(self, n: int, generator: torch.Generator) -> Batch:
@@ -64,6 +67,11 @@ class DataSource(Component, ABC):
     def bounds(self) -> tuple[float, float] | None:
         """A box [lo, hi]^d holding (almost) all the mass of the data, used by histogram metrics."""
         return None
+
+    def reference(self) -> DataSource:
+        """The data a run on this source is evaluated against: the source itself (a data-free source
+        gives its teacher's data)."""
+        return self
 
 
 class TensorDataSource(DataSource):

@@ -68,9 +68,11 @@ class ProgressiveDistillation(FlowMapLoss):
 
     def check_model(self, model: FlowMap, teacher: VelocityField | None = None) -> None:
         super().check_model(model, teacher)
-        if self.config.init == "teacher_map" and not callable(teacher):
+        trained_map = callable(teacher) and getattr(teacher, "trains_flow_map", True)
+        if self.config.init == "teacher_map" and not trained_map:
             raise LossBuildError("init = \"teacher_map\" starts from the teacher's flow map X_(s,t), but this teacher "
-                                 "is only a velocity; use a trained flow-map run as the teacher, or init = \"euler\"")
+                                 "trained only a velocity; use a flow-map run (or an exact map) as the teacher, or "
+                                 "init = \"euler\"")
 
     def _snapshot(self, model: FlowMap) -> None:
         if self.frozen is None:
