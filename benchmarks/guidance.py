@@ -32,7 +32,7 @@ from fmmkit.core import BuildContext
 from fmmkit.core.conditioning import condition
 from fmmkit.data.toy2d import Checkerboard
 from fmmkit.registry import get_registry
-from fmmkit.runs import load_run
+from fmmkit.runs.run import load_run
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_file import write_section  # noqa: E402

@@ -47,7 +47,7 @@ from torch import Tensor, nn
 from fmmkit.core import Batch, BuildContext, FlowMap, VelocityField
 from fmmkit.core.loss import LossBuildError
 from fmmkit.core.shapes import broadcast_time, mean_squares
-from fmmkit.core.validators import SpecValueError, non_negative, one_of, unit_interval
+from fmmkit.core.validators import SpecValueError, non_negative, one_of, positive, unit_interval
 from fmmkit.core.derivatives import DERIVATIVE_METHODS, time_derivative
 from fmmkit.losses.guidance import labels_of
 from fmmkit.hookspecs import hookimpl
@@ -74,8 +74,8 @@ class FreeFlowConfig(LossTables):
     corrector_weight: float = attrs.field(default=0.1, validator=non_negative)
     corrector_fraction: float = attrs.field(default=0.25, validator=unit_interval)
     corrector_times: list[float] = attrs.field(factory=_corrector_times, validator=_check_range)
-    fake_width: int = 128
-    fake_depth: int = 3
+    fake_width: int = attrs.field(default=128, validator=positive)
+    fake_depth: int = attrs.field(default=3, validator=positive)
     derivative: str = attrs.field(default="jvp", validator=one_of(DERIVATIVE_METHODS))
 
     def __attrs_post_init__(self) -> None:

@@ -42,7 +42,7 @@ from torch import Tensor
 
 from fmmkit.core import Batch, FlowMap, VelocityField
 from fmmkit.core.shapes import broadcast_time, mean_squares
-from fmmkit.core.validators import non_negative, one_of, positive, unit_interval
+from fmmkit.core.validators import SpecValueError, non_negative, one_of, unit_interval
 from fmmkit.core.derivatives import DERIVATIVE_METHODS, eulerian_velocity_derivative
 from fmmkit.losses.guidance import (
     END,
@@ -57,17 +57,14 @@ from fmmkit.losses.guidance import (
 )
 from fmmkit.hookspecs import hookimpl
 from fmmkit.losses.base import FlowMapLoss, LossTables, Term
-from fmmkit.losses.meanflow import OFFICIAL_LOGIT_MEAN, MeanFlowWeighting
-from fmmkit.losses.times import TIME_DISTRIBUTIONS, TimeSampling, diagonal_count
+from fmmkit.losses.meanflow import MeanFlowTimes, MeanFlowWeighting
+from fmmkit.losses.times import diagonal_count
 
 
 @attrs.define(frozen=True)
-class ImprovedMeanFlowTimes(TimeSampling):
-    """iMF's time sampling: logit-normal(+0.4, 1.0) here (P_mean = -0.4 in its time), half the rows s = t."""
+class ImprovedMeanFlowTimes(MeanFlowTimes):
+    """iMF's time sampling: MeanFlow's logit-normal(+0.4, 1.0) here (P_mean = -0.4 in its time), half the rows s = t."""
 
-    distribution: str = attrs.field(default="logit_normal", validator=one_of(TIME_DISTRIBUTIONS))
-    logit_mean: float = OFFICIAL_LOGIT_MEAN
-    logit_std: float = attrs.field(default=1.0, validator=positive)
     diagonal_fraction: float = attrs.field(default=0.5, validator=unit_interval)
 
 
@@ -98,8 +95,6 @@ class ImprovedMeanFlowConfig(LossTables):
 
     def __attrs_post_init__(self) -> None:
         if self.guidance.kappa > 0:
-            from fmmkit.core.validators import SpecValueError
-
             raise SpecValueError("guidance.kappa", "iMF's target has no kappa (it is MeanFlow's); leave it at 0")
 
 
