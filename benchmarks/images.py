@@ -50,7 +50,8 @@ STUDENTS = {"lmd": ("digits_lmd", "LMD", True), "imf": ("digits_improved_meanflo
 
 def train_digits(out: Path, threads: int, students: list[str], teacher: Path | None = None
                  ) -> tuple[Path, dict[str, Path], list[str]]:
-    """Train the digits teacher (unless given) and the flow maps; returns their run dirs and the commands used."""
+    """Train the digits teacher (unless given) and the flow maps (a run already finished in ``out`` is
+    reused); returns their run dirs and the commands (each one would train it)."""
     common = ["--quiet", "--overwrite", "--set", f"train.threads={threads}"]
     commands = []
     if teacher is None:
@@ -63,7 +64,8 @@ def train_digits(out: Path, threads: int, students: list[str], teacher: Path | N
         extra = ["--set", f"teacher.run=\"{teacher}\""] if distils else []
         commands.append(["train", f"examples/{spec}.toml", "--out", str(runs[name]), *extra, *common])
     for command in commands:
-        fmmkit(*command)
+        if not (Path(command[command.index("--out") + 1]) / "run.json").is_file():
+            fmmkit(*command)
     return teacher, runs, [" ".join(["fmmkit", *c]) for c in commands]
 
 
@@ -140,13 +142,15 @@ def main() -> None:
     parser.add_argument("--teacher", type=Path, help="a trained digits_teacher run (skip training it)")
     parser.add_argument("--students", nargs="*", default=list(STUDENTS), choices=list(STUDENTS),
                         help="the flow maps to train and score")
-    parser.add_argument("--threads", type=int, default=2, help="train.threads for the two trainings")
+    parser.add_argument("--threads", type=int, default=2, help="train.threads for the trainings")
+    parser.add_argument("--out", type=Path, help="the runs' folder (default: a fresh temporary one); finished "
+                                                 "runs there are reused")
     parser.add_argument("--attention-repeats", type=int, default=5)
     args = parser.parse_args()
 
     load = os.getloadavg()
-    teacher, students, commands = train_digits(Path(tempfile.mkdtemp(prefix="fmmkit-digits-")), args.threads,
-                                               args.students, args.teacher)
+    out = args.out or Path(tempfile.mkdtemp(prefix="fmmkit-digits-"))
+    teacher, students, commands = train_digits(out, args.threads, args.students, args.teacher)
     scored = {name: eval_rows(run) for name, run in students.items()}
     distilled = next((n for n in students if STUDENTS[n][2]), None)
     teacher_rows = [r for r in scored[distilled] if r["label"].startswith("teacher ODE")] if distilled else []
