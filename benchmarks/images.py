@@ -3,13 +3,15 @@ digits Frechet distance, and the cost of the attention backends in a derivative 
 
 Writes the "Image flow maps ..." section of RESULTS.md.
 
-    nice -n 10 python benchmarks/images.py [--teacher RUN --student RUN] [--threads N] [--attention-repeats 5]
+    nice -n 10 python benchmarks/images.py [--teacher RUN] [--students lmd imf freeflow] [--threads N] [--attention-repeats 5]
 
-Digits: unless given trained run directories, trains examples/digits_teacher.toml and then
-examples/digits_lmd.toml (teacher.run pointed at the first) with ``fmmkit train``, then scores
-the flow map with ``fmmkit eval`` (digits_fd, eval.num_samples = 2000 per row; its "teacher ODE"
-rows integrate the teacher run's velocity); the "data" row is the distance
-between independent draws of the digits of that size (the estimator's floor, 5 pairs). Attention: one
+Digits: unless given trained run directories, trains examples/digits_teacher.toml and then the flow
+maps examples/digits_lmd.toml (LMD, distilled), examples/digits_improved_meanflow.toml (iMF, from
+scratch, no teacher) and examples/digits_freeflow.toml (FreeFlow: distilled with no data at all) with
+``fmmkit train`` (teacher.run pointed at the first), then scores each with ``fmmkit eval`` (digits_fd,
+eval.num_samples = 2000 per row; the "teacher ODE" rows integrate the teacher run's velocity); the
+"data" row is the distance between independent draws of the digits of that size (the estimator's
+floor, 5 pairs). ``--students lmd imf freeflow`` picks the flow maps. Attention: one
 JVP in the input plus a backward pass through the tangent (what a JVP loss does) on
 (B, H, N, D) = (8, 4, 256, 32) float32, median of ``--attention-repeats`` after a warm-up.
 """
@@ -41,17 +43,30 @@ def fmmkit(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "fmmkit.cli", *args], cwd=ROOT, check=True)
 
 
-def train_digits(out: Path, threads: int) -> tuple[Path, Path, list[str]]:
-    """Train the digits teacher and flow map; returns their run dirs and the commands used."""
-    teacher, student = out / "digits_teacher", out / "digits_lmd"
+#: student label -> (example spec, whether it distils the teacher)
+STUDENTS = {"lmd": ("digits_lmd", "LMD", True), "imf": ("digits_improved_meanflow", "iMF", False),
+            "freeflow": ("digits_freeflow", "FreeFlow (no data)", True)}
+
+
+def train_digits(out: Path, threads: int, students: list[str], teacher: Path | None = None
+                 ) -> tuple[Path, dict[str, Path], list[str]]:
+    """Train the digits teacher (unless given) and the flow maps (a run already finished in ``out`` is
+    reused); returns their run dirs and the commands (each one would train it)."""
     common = ["--quiet", "--overwrite", "--set", f"train.threads={threads}"]
-    commands = [
-        ["train", "examples/digits_teacher.toml", "--out", str(teacher), *common],
-        ["train", "examples/digits_lmd.toml", "--out", str(student), "--set", f"teacher.run=\"{teacher}\"", *common],
-    ]
+    commands = []
+    if teacher is None:
+        teacher = out / "digits_teacher"
+        commands.append(["train", "examples/digits_teacher.toml", "--out", str(teacher), *common])
+    runs = {}
+    for name in students:
+        spec, _, distils = STUDENTS[name]
+        runs[name] = out / spec
+        extra = ["--set", f"teacher.run=\"{teacher}\""] if distils else []
+        commands.append(["train", f"examples/{spec}.toml", "--out", str(runs[name]), *extra, *common])
     for command in commands:
-        fmmkit(*command)
-    return teacher, student, [" ".join(["fmmkit", *c]) for c in commands]
+        if not (Path(command[command.index("--out") + 1]) / "run.json").is_file():
+            fmmkit(*command)
+    return teacher, runs, [" ".join(["fmmkit", *c]) for c in commands]
 
 
 def eval_rows(run: Path) -> list[dict]:
@@ -88,6 +103,20 @@ def seconds(run: Path) -> float:
     return float(json.loads((run / "run.json").read_text())["seconds"])
 
 
+def flow_map_table(scored: dict[str, list[dict]]) -> list[str]:
+    """One markdown row per flow-map step count, one digits_fd column per student."""
+    by_label = {name: {r["label"]: r for r in rows} for name, rows in scored.items()}
+    first = next(iter(scored.values()))
+    lines = []
+    for row in first:
+        if row["label"].startswith(("teacher", "ODE")):
+            continue
+        cells = [f"{by_label[n][row['label']]['metrics']['digits_fd']:.2f}" if row["label"] in by_label[n] else "-"
+                 for n in scored]
+        lines.append(f"| {row['label']} | {row['nfe']} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def time_attention(repeats: int) -> dict[str, float]:
     """Milliseconds of one JVP + backward through the tangent, per backend."""
     from fmmkit.nets.attention.functional import forward_ad_attention, math_attention
@@ -110,20 +139,22 @@ def time_attention(repeats: int) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--teacher", type=Path, help="a trained digits_teacher run (skip training)")
-    parser.add_argument("--student", type=Path, help="a trained digits_lmd run (skip training)")
-    parser.add_argument("--threads", type=int, default=2, help="train.threads for the two trainings")
+    parser.add_argument("--teacher", type=Path, help="a trained digits_teacher run (skip training it)")
+    parser.add_argument("--students", nargs="*", default=list(STUDENTS), choices=list(STUDENTS),
+                        help="the flow maps to train and score")
+    parser.add_argument("--threads", type=int, default=2, help="train.threads for the trainings")
+    parser.add_argument("--out", type=Path, help="the runs' folder (default: a fresh temporary one); finished "
+                                                 "runs there are reused")
     parser.add_argument("--attention-repeats", type=int, default=5)
     args = parser.parse_args()
 
     load = os.getloadavg()
-    commands: list[str] = []
-    if args.teacher and args.student:
-        teacher, student = args.teacher, args.student
-    else:
-        teacher, student, commands = train_digits(Path(tempfile.mkdtemp(prefix="fmmkit-digits-")), args.threads)
-    student_rows = eval_rows(student)  # its teacher ODE rows are the teacher run's own
-    floor = data_floor(student)
+    out = args.out or Path(tempfile.mkdtemp(prefix="fmmkit-digits-"))
+    teacher, students, commands = train_digits(out, args.threads, args.students, args.teacher)
+    scored = {name: eval_rows(run) for name, run in students.items()}
+    distilled = next((n for n in students if STUDENTS[n][2]), None)
+    teacher_rows = [r for r in scored[distilled] if r["label"].startswith("teacher ODE")] if distilled else []
+    floor = data_floor(next(iter(students.values())))
     torch.set_num_threads(2)
     attention = time_attention(args.attention_repeats)
 
@@ -134,19 +165,23 @@ def main() -> None:
         "",
         "### Digits (8x8, scikit-learn): flow map vs teacher ODE, offline digits Frechet distance",
         "",
-        f"Training wall-clock: teacher {seconds(teacher):.0f} s, flow map (LMD) {seconds(student):.0f} s.",
+        "Training wall-clock: teacher " + f"{seconds(teacher):.0f} s, "
+        + ", ".join(f"{STUDENTS[n][1]} {seconds(r):.0f} s" for n, r in students.items()) + ". "
+        "LMD and FreeFlow distil the teacher (FreeFlow with no data: no [data] table, scored against the "
+        "teacher's data); iMF trains from scratch with the teacher's budget (2000 steps), no teacher.",
         "",
         classifier_line(),
         "",
-        "| sampler | NFE | digits_fd |",
-        "| --- | ---: | ---: |",
-        *(f"| {r['label']} | {r['nfe']} | {r['metrics']['digits_fd']:.2f} |" for r in student_rows),
-        f"| data vs data (floor: {len(floor)} pairs of independent draws) | - | {min(floor):.2f} to {max(floor):.2f} |",
+        "| sampler | NFE | " + " | ".join(f"{STUDENTS[n][1]} digits_fd" for n in students) + " |",
+        "| --- | ---: | " + " | ".join("---:" for _ in students) + " |",
+        *flow_map_table(scored),
+        *(f"| {r['label']} | {r['nfe']} | " + " | ".join([f"{r['metrics']['digits_fd']:.2f}"] * len(students)) + " |"
+          for r in teacher_rows),
+        f"| data vs data (floor: {len(floor)} pairs of independent draws) | - | "
+        + " | ".join([f"{min(floor):.2f} to {max(floor):.2f}"] * len(students)) + " |",
         "",
-        "Reproduce: " + ("; ".join(f"`{c}`" for c in commands) if commands else
-                         "`fmmkit train examples/digits_teacher.toml --out runs/digits_teacher`; "
-                         "`fmmkit train examples/digits_lmd.toml --out runs/digits_lmd`"),
-        f"then `fmmkit eval` on the flow-map run; all of it: `nice -n 10 python benchmarks/images.py --threads {args.threads}`.",
+        "Reproduce: " + "; ".join(f"`{c}`" for c in commands),
+        f"then `fmmkit eval` on each flow-map run; all of it: `nice -n 10 python benchmarks/images.py --threads {args.threads}`.",
         "",
         "### Attention in a derivative pass",
         "",

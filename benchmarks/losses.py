@@ -44,6 +44,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_file import write_section  # noqa: E402
 
 TITLE = "The whole flow-map loss family, each checked against exact flow maps and measured side by side"
+#: MeanFlow as fmmkit configured it before issue 11 (uniform times, eps 1e-3 on the per-dimension mean); the
+#: s = t rows now keep the pair's start time (official ``sample_tr``), which this row cannot undo
+PRE_ISSUE_11_MEANFLOW: dict[str, Any] = {
+    "times": {"distribution": "uniform", "diagonal_fraction": 0.75},
+    "weighting": {"kind": "adaptive", "power": 1.0, "eps": 1e-3, "reduction": "mean"},
+}
 STEPS = (1, 2, 4, 8)
 
 
@@ -55,10 +61,15 @@ class Method:
     kind: str
     config: dict[str, Any] = field(default_factory=dict)
     teacher: bool = False
-    #: consistency models learn only X_{s,1}: multi-step sampling re-noises instead of chaining jumps
-    consistency: bool = False
     #: model settings that differ from the common backbone (ablation rows; not in the step-cost table)
     model: dict[str, Any] = field(default_factory=dict)
+    #: False for a data-free loss: its spec has no [data] table (FreeFlow)
+    data: bool = True
+
+    @property
+    def sampler(self) -> str:
+        """The registered sampler of the loss's k-step rows (``consistency`` for losses that learn X_{s,1} only)."""
+        return get_registry().get("loss", self.kind).component.default_sampler
 
 
 def methods(steps: int) -> list[Method]:
@@ -72,22 +83,25 @@ def methods(steps: int) -> list[Method]:
         Method("PFMM", "progressive_distillation", {"rounds": 4, "steps_per_round": max(1, steps // 5)}, teacher=True),
         Method("AYF-EMD", "ayf_eulerian", {"warmup_steps": warmup}, teacher=True),
         Method("AYF-LMD", "ayf_lagrangian", {"warmup_steps": warmup}, teacher=True),
-        Method("sCM distillation", "consistency_distillation", {"warmup_steps": warmup}, teacher=True,
-               consistency=True),
+        Method("sCM distillation", "consistency_distillation", {"warmup_steps": warmup}, teacher=True),
         Method("direct FMM", "direct_flow_map_matching"),
         Method("LSD", "lagrangian_self_distillation"),
         Method("ESD", "eulerian_self_distillation"),
         Method("PSD-U", "progressive_self_distillation", {"split": "uniform"}),
         Method("PSD-M", "progressive_self_distillation", {"split": "midpoint"}),
-        Method("MeanFlow", "meanflow"),
+        Method("MeanFlow", "meanflow"),  # the official defaults (issue 11)
+        Method("MeanFlow, pre-issue-11 defaults", "meanflow", PRE_ISSUE_11_MEANFLOW),
         Method("MeanFlow, 75% s != t", "meanflow", {"times": {"diagonal_fraction": 0.25}}),
-        Method("Shortcut", "shortcut", {"ema_decay": 0.99}),
-        Method("sCM training", "consistency_training", {"warmup_steps": warmup}, consistency=True),
+        Method("iMF", "improved_meanflow"),
+        Method("FreeFlow (no data)", "freeflow", {"path_fraction": 0.5}, teacher=True, data=False),
+        Method("FreeFlow (no data), prior only", "freeflow", teacher=True, data=False),
+        Method("ESD convex", "eulerian_self_distillation", {"stopgrad": "convex"}),
+        Method("Shortcut", "shortcut"),  # the official defaults: EMA 0.999, clips +-4
+        Method("sCM training", "consistency_training", {"warmup_steps": warmup}),
         # the default MLP time embedding (time_dim 64: frequencies 1 to 1000) against the common time_dim 2
         Method("AYF-EMD, time_dim 64", "ayf_eulerian", {"warmup_steps": warmup}, teacher=True, model={"time_dim": 64}),
         Method("LSD, time_dim 64", "lagrangian_self_distillation", model={"time_dim": 64}),
-        Method("sCM training, time_dim 64", "consistency_training", {"warmup_steps": warmup}, consistency=True,
-               model={"time_dim": 64}),
+        Method("sCM training, time_dim 64", "consistency_training", {"warmup_steps": warmup}, model={"time_dim": 64}),
     ]
 
 
@@ -104,6 +118,17 @@ def base_spec(args: argparse.Namespace, name: str, loss: dict[str, Any]) -> dict
         "checkpoint": {"every": 0},
         "log": {"tensorboard": False},
     }
+
+
+def method_spec(args: argparse.Namespace, m: Method, teacher: Run) -> dict[str, Any]:
+    """The run spec of one method: the common budget, its loss, its teacher, no [data] for a data-free loss."""
+    spec = base_spec(args, m.kind, {"kind": m.kind, **m.config})
+    spec["model"].update(m.model)
+    if m.teacher:
+        spec["teacher"] = {"run": str(teacher.path.resolve())}
+    if not m.data:
+        del spec["data"]
+    return spec
 
 
 # ---- metrics ------------------------------------------------------------------------------------
@@ -128,22 +153,13 @@ class Scorer:
 
 
 @torch.no_grad()
-def flow_map_samples(run: Run, x0: Tensor, k: int) -> Tensor:
-    """k equal jumps X_{t_i, t_{i+1}} from noise (the registered ``flow_map`` sampler)."""
-    return run.sampler("flow_map", steps=k)(run.model, x0).x
-
-
-@torch.no_grad()
-def consistency_samples(model: FlowMap, run: Run, x0: Tensor, k: int) -> Tensor:
-    """Multistep consistency sampling: x1 = X_{t_i,1}(x), then re-noise x = I_{t_{i+1}} around x1."""
-    g = torch.Generator().manual_seed(99)
-    ip, x, n = run.interpolant, x0, x0.shape[0]
-    for i in range(k):
-        x1 = model(x, torch.full((n,), i / k), torch.ones(n))
-        if i + 1 < k:
-            x = ip.interpolate(torch.randn(x1.shape, generator=g), x1, torch.full((n,), (i + 1) / k),
-                               torch.randn(x1.shape, generator=g) if ip.stochastic else None).x_t
-    return x1
+def flow_map_samples(run: Run, x0: Tensor, k: int, kind: str = "flow_map") -> Tensor:
+    """k steps of a registered flow-map sampler from noise: ``flow_map`` (k jumps X_{t_i, t_{i+1}}) or
+    ``consistency`` (jump to data, re-noise through the interpolant)."""
+    registry = get_registry()
+    config = registry.get("sampler", kind).config(steps=k)
+    sampler = registry.build("sampler", kind, config, BuildContext(interpolant=run.interpolant))
+    return sampler(run.model, x0).x
 
 
 @torch.no_grad()
@@ -230,12 +246,11 @@ def meta_rows(model: FlowMap, scorer: Scorer, x0: Tensor) -> list[tuple[str, int
 def step_costs(args: argparse.Namespace, teacher: Run, rounds: int) -> dict[str, float]:
     """Median wall time (ms) of one optimiser step of each loss on one fixed batch, interleaved."""
     entries: list[tuple[str, Callable[[], None]]] = []
-    all_methods = [Method("flow matching", "flow_matching"), *(m for m in methods(args.steps) if not m.model)]
+    chosen = [m for m in methods(args.steps) if not m.model and (not args.only or m.label in args.only)]
+    all_methods = [Method("flow matching", "flow_matching"), *chosen]
     batch: Batch | None = None
     for m in all_methods:
-        spec = base_spec(args, m.kind, {"kind": m.kind, **m.config})
-        if m.teacher:
-            spec["teacher"] = {"run": str(teacher.path.resolve())}
+        spec = method_spec(args, m, teacher)
         torch.manual_seed(0)
         pipeline = build_pipeline(load_spec(spec), device=torch.device("cpu"))
         if batch is None:
@@ -277,12 +292,14 @@ def main() -> None:
     parser.add_argument("--cost-rounds", type=int, default=10)
     parser.add_argument("--only", nargs="*", default=None, help="labels of the methods to run (default: all)")
     parser.add_argument("--no-write", action="store_true", help="print the table without writing RESULTS.md")
+    parser.add_argument("--no-meta", action="store_true", help="skip Meta's flow_matching rows (a subset run)")
+    parser.add_argument("--title", default=TITLE, help="the RESULTS.md section to write (another one for a subset)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     wall = time.perf_counter()
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)
-    meta_version = ensure_meta_flow_matching()
+    meta_version = "" if args.no_meta else ensure_meta_flow_matching()
 
     start = time.perf_counter()
     teacher = load_run(fmmkit.train(base_spec(args, "teacher", {"kind": "flow_matching"}), out=out / "teacher",
@@ -306,29 +323,25 @@ def main() -> None:
     for m in methods(args.steps):
         if args.only and m.label not in args.only:
             continue
-        spec = base_spec(args, m.kind, {"kind": m.kind, **m.config})
-        spec["model"].update(m.model)
-        if m.teacher:
-            spec["teacher"] = {"run": str(teacher.path.resolve())}
+        spec = method_spec(args, m, teacher)
         start = time.perf_counter()
         name = "".join(c if c.isalnum() else "_" for c in m.label)
         run = load_run(fmmkit.train(spec, out=out / name, progress=False, pictures=False))
         train_seconds[m.label] = time.perf_counter() - start
         for k in STEPS:
-            if m.consistency:
-                x, sampler = consistency_samples(run.model, run, x0, k), f"consistency, {k} step{'s' if k > 1 else ''}"
-            else:
-                x, sampler = flow_map_samples(run, x0, k), f"flow map, {k} step{'s' if k > 1 else ''}"
+            label = "flow map" if m.sampler == "flow_map" else m.sampler
+            x, sampler = flow_map_samples(run, x0, k, m.sampler), f"{label}, {k} step{'s' if k > 1 else ''}"
             rows.append((m.label, sampler, k, *scorer(x)))
         print(f"{m.label}: {train_seconds[m.label]:.0f} s, 1-step KL {rows[-4][3]:.3f} ED {rows[-4][4]:.4f}",
               flush=True)
 
-    start = time.perf_counter()
-    meta_model, meta_train = train_meta(args)
-    train_seconds["Meta flow_matching"] = meta_train
-    rows += [(f"Meta flow_matching {meta_version}", label, nfe, kl, ed)
-             for label, nfe, kl, ed in meta_rows(meta_model, scorer, x0)]
-    print(f"meta flow_matching done in {time.perf_counter() - start:.0f} s", flush=True)
+    if not args.no_meta:
+        start = time.perf_counter()
+        meta_model, meta_train = train_meta(args)
+        train_seconds["Meta flow_matching"] = meta_train
+        rows += [(f"Meta flow_matching {meta_version}", label, nfe, kl, ed)
+                 for label, nfe, kl, ed in meta_rows(meta_model, scorer, x0)]
+        print(f"meta flow_matching done in {time.perf_counter() - start:.0f} s", flush=True)
 
     start = time.perf_counter()
     costs = step_costs(args, teacher, args.cost_rounds)
@@ -337,7 +350,7 @@ def main() -> None:
     body = report(args, rows, costs, train_seconds, total, meta_version)
     print(body)
     if not args.no_write:
-        write_section(TITLE, body)
+        write_section(args.title, body)
 
 
 PAPER_COST = {"LSD": "~1.4 (paper est.)", "ESD": "~1.4 (paper est.)", "PSD-U": "~1.5 (paper est.)",
@@ -354,6 +367,12 @@ def report(args: argparse.Namespace, rows: list, costs: dict[str, float], train_
                                                                       ("kl_samples", args.kl_samples),
                                                                       ("ed_samples", args.ed_samples),
                                                                       ("cost_rounds", args.cost_rounds)]))
+    if args.only:
+        command += " --only " + " ".join(f"'{label}'" for label in args.only)
+    if args.no_meta:
+        command += " --no-meta"
+    if args.title != TITLE:
+        command += f" --title '{args.title}'"
     lines = [
         f"Machine: 2-core CPU, no GPU, torch {torch.__version__}, {args.threads} torch thread(s); the CPU was shared "
         "with other jobs, so timings are noisy. "
@@ -365,10 +384,13 @@ def report(args: argparse.Namespace, rows: list, costs: dict[str, float], train_
         "The distillation rows (LMD, EMD, PFMM, AYF, sCM distillation) distill the flow-matching teacher row, "
         "which itself took the same budget. Metrics on the same noise for every row: checkerboard KL "
         f"(100 x 100 bins, {args.kl_samples:,} samples; true samples score ~0.03 at 100k) and energy distance "
-        f"({args.ed_samples:,} samples). sCM rows learn only X_(s,1): their k-step rows use multistep consistency "
-        "sampling (jump to data, re-noise to the next time). Meta's library is PyPI `flow-matching` "
-        f"{meta_version}, installed only for this benchmark; it trains the same MLP as a velocity with its "
-        "`AffineProbPath(CondOTScheduler())` and samples with its `ODESolver`. The rows marked time_dim 64 rerun "
+        f"({args.ed_samples:,} samples). sCM rows learn only X_(s,1): their k-step rows use the registered "
+        "`consistency` sampler (jump to data, re-noise to the next time through the interpolant). "
+        "FreeFlow rows read no data (no [data] table): every state comes from the prior pushed by the student. "
+        + (f"Meta's library is PyPI `flow-matching` {meta_version}, installed only for this benchmark; it trains "
+           "the same MLP as a velocity with its `AffineProbPath(CondOTScheduler())` and samples with its "
+           "`ODESolver`. " if meta_version else "") +
+        "The rows marked time_dim 64 rerun "
         "three losses with the MLP's default time embedding (sinusoids of frequencies 1 to 1000) instead of the "
         "common time_dim 2 (one sinusoid of frequency 1 per time): a JVP in s or t multiplies each time feature "
         "by its frequency, which a semigradient target (AYF, sCM) does not damp.",

@@ -49,7 +49,6 @@ MOVED_NAMES: dict[str, dict[str, str]] = {
     "fmmkit.spec": {"TeacherSpec": "fmmkit.spec.schema:ComponentSpec"},
     "fmmkit.losses.times": {"PAIR_ORDERS": "fmmkit.losses.times:TIME_ORDERS"},
     "fmmkit.losses.base": {"split_diagonal": "fmmkit.losses.base:split_batch"},
-    "fmmkit.losses.meanflow": {"MeanFlowTimes": "fmmkit.losses.times:DiagonalHeavyTimes"},
     "fmmkit.losses.lagrangian_self_distillation": {"split_diagonal": "fmmkit.losses.base:split_batch"},
     "fmmkit.losses.lagrangian_distillation": {"LagrangianDistillationConfig": "fmmkit.losses.base:DistillationConfig"},
     "fmmkit.losses.eulerian_distillation": {"EulerianDistillationConfig": "fmmkit.losses.base:DistillationConfig"},
@@ -70,7 +69,7 @@ MOVED_NAMES: dict[str, dict[str, str]] = {
 
 #: modules of MOVED_NAMES that still exist (they call :func:`moved_getattr`); the others are gone
 _STILL_THERE = {"fmmkit.runs", "fmmkit.training.build", "fmmkit.spec", "fmmkit.losses.times", "fmmkit.losses.base",
-                "fmmkit.losses.meanflow", "fmmkit.losses.lagrangian_self_distillation",
+                "fmmkit.losses.lagrangian_self_distillation",
                 "fmmkit.losses.lagrangian_distillation", "fmmkit.losses.eulerian_distillation", "fmmkit.spec.schema",
                 "fmmkit.spec.loader"}
 _VANISHED = set(MOVED_MODULES) | (set(MOVED_NAMES) - _STILL_THERE)

@@ -158,12 +158,12 @@ def test_jvps_leave_bf16_autocast(tmp_path: Path) -> None:
 
     model = build_pipeline(load_spec(tiny_spec()), device=torch.device("cpu")).model
     x, s, t = torch.randn(8, 2), torch.rand(8), torch.rand(8)
-    tangent = (torch.randn(8, 2), torch.ones(8), torch.zeros(8))
-    exact = directional_derivative(model, x, s, t, tangent, output="average_velocity")
+    tangent = {"dx": torch.randn(8, 2), "ds": torch.ones(8), "dt": torch.zeros(8)}
+    exact = directional_derivative(model, x, s, t, **tangent, output="average_velocity")
     guarded = Float32DerivativesFlowMap(model, "cpu")
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        v_plain, dv_plain = directional_derivative(model, x, s, t, tangent, output="average_velocity")
-        v, dv = directional_derivative(guarded, x, s, t, tangent, output="average_velocity")
+        v_plain, dv_plain = directional_derivative(model, x, s, t, **tangent, output="average_velocity")
+        v, dv = directional_derivative(guarded, x, s, t, **tangent, output="average_velocity")
         v_outside = guarded.average_velocity(x, s, t)
     assert v_plain.dtype == torch.bfloat16, "autocast is on: the unguarded JVP runs in bf16"
     assert v.dtype == dv.dtype == torch.float32

@@ -110,11 +110,12 @@ def test_jvp_matches_finite_differences(kind: str) -> None:
     g = torch.Generator().manual_seed(3)
     x = torch.randn(3, 1, 8, 8, generator=g, dtype=torch.float64)
     s, t = torch.rand(3, generator=g, dtype=torch.float64) * 0.5, 0.5 + torch.rand(3, generator=g, dtype=torch.float64) * 0.5
-    tangent = (torch.randn_like(x), torch.randn(3, generator=g, dtype=torch.float64), torch.ones(3, dtype=torch.float64))
+    tangent = {"dx": torch.randn_like(x), "ds": torch.randn(3, generator=g, dtype=torch.float64),
+               "dt": torch.ones(3, dtype=torch.float64)}
     y = torch.tensor([1, 5, 9])
     for output in ("map", "average_velocity"):
-        f_j, d_j = directional_derivative(flow_map, x, s, t, tangent, y=y, output=output, method="jvp")  # type: ignore[arg-type]
-        f_f, d_f = directional_derivative(flow_map, x, s, t, tangent, y=y, output=output,  # type: ignore[arg-type]
+        f_j, d_j = directional_derivative(flow_map, x, s, t, **tangent, y=y, output=output, method="jvp")  # type: ignore[arg-type]
+        f_f, d_f = directional_derivative(flow_map, x, s, t, **tangent, y=y, output=output,  # type: ignore[arg-type]
                                           method="finite_difference", fd_step=1e-6)
         torch.testing.assert_close(f_j, f_f, rtol=0, atol=1e-12)
         scale = float(d_f.detach().abs().max())
@@ -127,7 +128,7 @@ def test_dropout_mask_is_shared_by_a_jvp_and_a_replayed_forward() -> None:
     flow_map = FlowMap(make("unet", (1, 8, 8), dropout=0.5)).train()
     x, s, t = torch.randn(2, 1, 8, 8), torch.zeros(2), torch.ones(2)
     state = torch.get_rng_state()
-    value, _ = directional_derivative(flow_map, x, s, t, (None, None, torch.ones(2)))
+    value, _ = directional_derivative(flow_map, x, s, t, dt=torch.ones(2))
     torch.set_rng_state(state)
     replay = flow_map(x, s, t)
     other = flow_map(x, s, t)  # a fresh mask

@@ -18,23 +18,12 @@ from fmmkit.spec.loader import _component, read_toml, structure_spec
 from fmmkit.losses.times import TimeSampling
 from fmmkit.losses.weighting import Weighting, WeightingConfig
 
+from loss_helpers import interpolant, make_loss
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def interpolant(kind: str = "linear", noise: float = 0.0) -> Any:
-    registry = get_registry()
-    spec = _component({"kind": kind, "noise": noise}, "interpolant", "interpolant", "test", registry)
-    return registry.build("interpolant", kind, spec.config, BuildContext())
-
-
-def make_loss(name: str, ip: Any, num_classes: int | None = None, **config: Any) -> Any:
-    registry = get_registry()
-    spec = _component({"kind": name, **config}, "loss", "loss", "test", registry)
-    ctx = BuildContext(data_shape=(2,), num_classes=num_classes, interpolant=ip)
-    return registry.build("loss", name, spec.config, ctx)
 
 
 # ---- time sampling -------------------------------------------------------------------------------
@@ -190,7 +179,8 @@ SELF = {
     "eulerian_self_distillation": ({}, {"diagonal": 1.0, "eulerian": 0.0}),
     "progressive_self_distillation": ({}, {"diagonal": 1.0, "progressive": 0.0}),
     "direct_flow_map_matching": ({}, {"lagrangian": 1.0, "invertibility": 0.0}),
-    "shortcut": ({"finest_uses_velocity": False}, {"flow_matching": 1.0, "bootstrap": 0.0}),
+    "shortcut": ({"finest_uses_velocity": False, "ema_decay": 0.0, "intermediate_clip": 0.0, "target_clip": 0.0},
+                 {"flow_matching": 1.0, "bootstrap": 0.0}),
 }
 
 
@@ -235,16 +225,19 @@ def test_self_distillation_bakes_guidance_into_the_velocity_target(name: str) ->
             assert float(metrics[term]) == pytest.approx(W**2 * floor, rel=0.03), term
 
 
-def test_meanflow_guidance_enters_target_and_tangent() -> None:
-    """MeanFlow with guidance at the guided exact map: w^2 x the unguided value at the plain one (3%)."""
+@pytest.mark.parametrize("kappa", [0.0, 0.5])
+def test_meanflow_guidance_enters_target_and_tangent(kappa: float) -> None:
+    """MeanFlow with guidance at the guided exact map: (w (1 - kappa))^2 x the unguided value at the plain
+    one (3%): the target's noise is w (1 - kappa) (dI/ds - b), kappa's own-velocity share is noise-free."""
     ip = interpolant("linear", 0.0)
     batch = labelled_batch()
     values = []
     for w in (1.0, W):
-        loss = make_loss("meanflow", ip, 2, guidance={"scale": w}, weighting={"kind": "none"}, times=TIMES)
+        loss = make_loss("meanflow", ip, 2, guidance={"scale": w, "kappa": kappa, "label_dropout": 0.0},
+                         weighting={"kind": "none"}, times=TIMES)
         torch.manual_seed(0)
         values.append(float(loss(FlowMap(GuidedExactBackbone(ip, w)), batch).loss))
-    assert values[1] == pytest.approx(W**2 * values[0], rel=0.03)
+    assert values[1] == pytest.approx((W * (1 - kappa))**2 * values[0], rel=0.03)
 
 
 # ---- loss state ----------------------------------------------------------------------------------
@@ -320,7 +313,8 @@ def test_every_flow_map_loss_has_an_example_spec_copied_to_examples() -> None:
         copy = ROOT / "examples" / path.name
         assert copy.is_file() and copy.read_bytes() == path.read_bytes(), f"examples/{path.name} must be a copy of {path}"
         spec = structure_spec(read_toml(path), str(path), check_paths=False)
-        assert spec.data.kind == "checkerboard"
+        data_free = not get_registry().get("loss", spec.loss.kind).component.needs_data
+        assert spec.data.kind == ("prior" if data_free else "checkerboard"), path.name
         covered.add(spec.loss.kind)
     missing = builtin_flow_map_losses() - covered
     assert not missing, f"no example spec for {sorted(missing)}"

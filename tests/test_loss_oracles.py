@@ -34,6 +34,10 @@ from fmmkit.spec.loader import _component
 
 LO, HI = 0.05, 0.95
 TIMES = {"t_min": LO, "t_max": HI}
+#: for the losses whose default time law is not uniform (MeanFlow's logit-normal): the closed forms integrate U
+UNIFORM = {**TIMES, "distribution": "uniform"}
+#: shortcut's official clips (+-4) cut the Gaussian's tails: off for the exact residual
+NO_CLIP = {"intermediate_clip": 0.0, "target_clip": 0.0}
 N = 2**15
 EPS = 0.3
 MEAN = torch.tensor([1.0, -0.5], dtype=torch.float64)
@@ -79,6 +83,15 @@ def fm_floor(ip: Interpolant) -> float:
     """E_{t ~ U[LO, HI]} Var(dI_t/dt | I_t), averaged over dimensions."""
     t, w = gauss(LO, HI)
     return float((w * per_dim_moments(ip, t)[1].mean(1)).sum())
+
+
+def start_floor(ip: Interpolant) -> float:
+    """E Var(dI_s/ds | I_s) averaged over dimensions for the start s of a pair uniform on the triangle (the
+    minimum of two U[LO, HI] draws, density 2 (HI - s) / (HI - LO)^2): the s = t rows of a time law with a
+    diagonal share, which keep the pair's start time."""
+    t, w = gauss(LO, HI)
+    density = 2 * (HI - t) / (HI - LO)
+    return float((w * density * per_dim_moments(ip, t)[1].mean(1)).sum())
 
 
 def meanflow_floor(ip: Interpolant) -> float:
@@ -134,11 +147,17 @@ ORACLES: dict[str, list[Oracle]] = {
     "ayf_eulerian": [Oracle({"times": TIMES, "warmup_steps": 100}, step=100)],
     "ayf_lagrangian": [Oracle({"times": TIMES, "warmup_steps": 100}, step=100)],
     "progressive_distillation": [Oracle({"times": TIMES, "rounds": 3, "steps_per_round": 10}, step=20),
-                                 Oracle({"times": TIMES, "rounds": 3, "steps_per_round": 10}, step=10)],
+                                 Oracle({"times": TIMES, "rounds": 3, "steps_per_round": 10}, step=10),
+                                 Oracle({"times": TIMES, "rounds": 3, "steps_per_round": 10, "substeps": 3}, step=20),
+                                 # PFMM from a trained flow map: round 0 composes K jumps of the teacher's map
+                                 Oracle({"times": TIMES, "rounds": 3, "steps_per_round": 10, "substeps": 4,
+                                         "init": "teacher_map"}, step=0)],
     "direct_flow_map_matching": [Oracle({"times": TIMES}, fm_floor, {"lagrangian": fm_floor, "invertibility": ZERO})],
     "lagrangian_self_distillation": [Oracle({"times": TIMES}, lambda ip: share(0.75) * fm_floor(ip),
                                             {"diagonal": fm_floor, "lagrangian": ZERO})],
     "eulerian_self_distillation": [Oracle({"times": TIMES}, lambda ip: share(0.75) * fm_floor(ip),
+                                          {"diagonal": fm_floor, "eulerian": ZERO}),
+                                   Oracle({"times": TIMES, "stopgrad": "convex"}, lambda ip: share(0.75) * fm_floor(ip),
                                           {"diagonal": fm_floor, "eulerian": ZERO})],
     "progressive_self_distillation": [
         Oracle({"times": TIMES, "split": "uniform"}, lambda ip: share(0.75) * fm_floor(ip),
@@ -147,15 +166,26 @@ ORACLES: dict[str, list[Oracle]] = {
                {"diagonal": fm_floor, "progressive": ZERO}),
     ],
     "meanflow": [
-        Oracle({"times": {**TIMES, "diagonal_fraction": 0.25}, "weighting": {"kind": "none"}},
-               lambda ip: share(0.25) * fm_floor(ip) + (1 - share(0.25)) * meanflow_floor(ip), objective=False),
-        Oracle({"times": {**TIMES, "diagonal_fraction": 0.75}}, lambda ip: float("nan"), objective=False),
+        Oracle({"times": {**UNIFORM, "diagonal_fraction": 0.25}, "weighting": {"kind": "none"}},
+               lambda ip: share(0.25) * start_floor(ip) + (1 - share(0.25)) * meanflow_floor(ip), objective=False),
+        Oracle({"times": {**UNIFORM, "diagonal_fraction": 0.75}}, lambda ip: float("nan"), objective=False),
+        Oracle({"times": TIMES}, lambda ip: float("nan"), objective=False),  # the official defaults
     ],
-    "shortcut": [Oracle({"times": TIMES, "finest_uses_velocity": False}, lambda ip: (1 - share(0.125)) * fm_floor(ip),
-                        {"flow_matching": fm_floor, "bootstrap": ZERO}),
-                 Oracle({"times": TIMES, "finest_uses_velocity": False, "ema_decay": 0.9, "levels": 4},
+    "shortcut": [Oracle({"times": TIMES, "finest_uses_velocity": False, "ema_decay": 0.0, **NO_CLIP},
+                        lambda ip: (1 - share(0.125)) * fm_floor(ip), {"flow_matching": fm_floor, "bootstrap": ZERO}),
+                 Oracle({"times": TIMES, "finest_uses_velocity": False, "ema_decay": 0.9, "levels": 4, **NO_CLIP},
                         lambda ip: (1 - share(0.125)) * fm_floor(ip), {"flow_matching": fm_floor, "bootstrap": ZERO})],
-    "consistency_distillation": [Oracle({"times": TIMES, "warmup_steps": 10}, step=10)],
+    "consistency_distillation": [Oracle({"times": TIMES, "warmup_steps": 10}, step=10),
+                                 Oracle({"times": TIMES, "warmup_steps": 10, "prior_weighting": True}, step=10)],
+    "improved_meanflow": [
+        # s = t rows and s != t rows all start at the pair's start time: every term at the start-time floor
+        Oracle({"times": UNIFORM, "weighting": {"kind": "none"}}, start_floor,
+               {"diagonal": start_floor, "imf": start_floor, "velocity": start_floor}),
+        Oracle({"times": {**UNIFORM, "diagonal_fraction": 0.25}, "velocity_weight": 0.0}, lambda ip: float("nan"),
+               {"diagonal": start_floor, "imf": start_floor}),
+    ],
+    "freeflow": [Oracle({"times": TIMES, "corrector_weight": 0.0}, terms={"predictor": ZERO}),
+                 Oracle({"times": TIMES, "corrector_weight": 0.0, "path_fraction": 0.5}, terms={"predictor": ZERO})],
     "consistency_training": [
         Oracle({"times": TIMES, "warmup_steps": 10, "tangent_norm": 0.0}, consistency_floor, step=10, objective=False),
         Oracle({"times": TIMES, "warmup_steps": 10}, lambda ip: float("nan"), step=10, objective=False),
@@ -239,3 +269,65 @@ def test_exact_map_is_the_minimiser(name: str, index: int, setting: tuple) -> No
     assert grad_plus > 0 > grad_minus, f"{name}: update at eps = +-{EPS} is {grad_plus:.3g}, {grad_minus:.3g}"
     bound = 1e-9 if floor == 0.0 else 0.1 * (grad_plus - grad_minus) / 2
     assert abs(grad0) < bound, f"{name}: d loss / d eps = {grad0:.3g} at the exact map (bound {bound:.3g})"
+
+
+# ---- dropout in the backbone (issue 11) ------------------------------------------------------------
+
+class DropoutPerturbation(ExactPlusPerturbation):
+    """ExactPlusPerturbation with dropout (p = 0.1, global generator, train mode) on the perturbation's hidden layer."""
+
+    p = 0.1
+
+    def perturbation(self, x: Tensor, s: Tensor, t: Tensor) -> Tensor:
+        h = torch.tanh(torch.cat([x, s[:, None], t[:, None]], dim=1) @ self.a + self.c)
+        if self.training:
+            h = h * (torch.rand(h.shape, dtype=h.dtype) >= self.p) / (1 - self.p)
+        return h @ self.b
+
+
+def derivative_losses() -> list[tuple[str, int, str]]:
+    """(loss, oracle, method) for every residual oracle (value 0) of a loss that takes a derivative."""
+    registry = get_registry()
+    cases = []
+    for name, oracles in ORACLES.items():
+        fields = {f.name for f in registry.get("loss", name).config.__attrs_attrs__}
+        if "derivative" not in fields:
+            continue
+        for i, oracle in enumerate(oracles):
+            zero_terms = [k for k, f in oracle.terms.items() if f is ZERO]
+            if oracle.floor is not ZERO and not zero_terms:
+                continue
+            cases += [(name, i, method) for method in ("jvp", "finite_difference")]
+    return cases
+
+
+DROPOUT_CASES = derivative_losses()
+
+
+@pytest.mark.parametrize(("name", "index", "method"), DROPOUT_CASES, ids=[f"{n}-{i}-{m}" for n, i, m in DROPOUT_CASES])
+def test_residuals_vanish_at_the_exact_map_with_dropout(name: str, index: int, method: str) -> None:
+    """Dropout 0.1 in the backbone (train mode): every residual vanishes at the exact map, and along the
+    perturbation the loss stays of the dropout-free size and points back (a derivative whose passes saw
+    different masks would be off by O(1 / h) for finite differences)."""
+    ip = make_interpolant("trig", 0.5)
+    exact = GaussianFlowMap(ip, MEAN, STD)
+    batch = Batch(exact.sample(N // 4, torch.Generator().manual_seed(3), dtype=torch.float64))
+    oracle = ORACLES[name][index]
+    config = {**oracle.config, "derivative": method}
+    values = {}
+    for label, backbone in (("dropout", DropoutPerturbation(exact)), ("plain", ExactPlusPerturbation(exact))):
+        model = FlowMap(backbone).train()
+        loss = make_loss(name, config, ip)
+        setting = (ip, exact, model, batch)
+        value, _, metrics = evaluate(loss, oracle, setting, 0.0)
+        if oracle.floor is ZERO:
+            assert abs(value) < 1e-12, f"{name} ({label}): {value:.3g} at the exact map"
+        for term, closed_form in oracle.terms.items():
+            if closed_form is ZERO:
+                assert abs(metrics[term]) < 1e-12, f"{name} ({label}): {term} = {metrics[term]:.3g}"
+        plus, grad_plus, _ = evaluate(loss, oracle, setting, EPS)
+        minus, grad_minus, _ = evaluate(loss, oracle, setting, -EPS)
+        assert grad_plus > 0 > grad_minus, f"{name} ({label}): update {grad_plus:.3g}, {grad_minus:.3g}"
+        values[label] = (plus, minus)
+    for got, plain in zip(values["dropout"], values["plain"]):
+        assert plain / 3 < got < 3 * plain, f"{name}: loss {got:.4g} with dropout, {plain:.4g} without"

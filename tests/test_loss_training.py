@@ -30,7 +30,7 @@ TEACHER = {"kind": "gaussian_mixture", "weights": [1.0] * 8, "means": CENTRES, "
 SHORT = {"progressive_distillation": {"rounds": 3, "steps_per_round": 60},
          "ayf_eulerian": {"warmup_steps": 50}, "ayf_lagrangian": {"warmup_steps": 50},
          "consistency_distillation": {"warmup_steps": 50}, "consistency_training": {"warmup_steps": 50},
-         "shortcut": {"levels": 4}}
+         "shortcut": {"levels": 4, "ema_decay": 0.9}}  # the official EMA 0.999 spans ~1000 steps
 
 
 def flow_map_losses() -> list[str]:

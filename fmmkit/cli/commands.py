@@ -3,7 +3,8 @@
   fmmkit train SPEC|NAME [--out DIR] [--set KEY.PATH=VALUE ...]   (NAME: a built-in spec, fmmkit spec list)
   fmmkit train --resume RUN_DIR [--set train.steps=N]
   torchrun --nproc_per_node N -m fmmkit.cli train SPEC --out DIR
-  fmmkit sample RUN_DIR --steps K --num N --out FILE(.npy|.png) [--max-memory GIB]
+  fmmkit sample RUN_DIR --steps K --num N --out FILE(.npy|.png) [--sampler S] [--guidance W] [--label Y]
+                [--max-memory GIB]
   fmmkit eval RUN_DIR [--num N] [--max-memory GIB]
   fmmkit plugins
   fmmkit spec check|show SPEC|NAME [--set ...]
@@ -117,9 +118,24 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if out.suffix not in (".npy", ".png"):
         raise UserError(f"--out {out}: use a .npy or .png file name")
     run = load_run(args.run_dir)
+    if args.solver and (args.sampler or args.guidance is not None):
+        raise UserError("--solver integrates the velocity: it takes neither --sampler nor --guidance")
+    if args.sampler:
+        entry = run.registry.get("sampler", args.sampler)  # RegistryError: a one-line unknown-name message
+        if not getattr(entry.component, "uses_flow_map", False):
+            raise UserError(f"--sampler {args.sampler}: an ODE solver; use --solver {args.sampler}, or a flow-map "
+                            "sampler (flow_map, consistency, stochastic_flow_map)")
+    labels = None
+    if args.label is not None:
+        if not run.data.num_classes or not 0 <= args.label < run.data.num_classes:
+            raise UserError(f"--label {args.label}: this run has {run.data.num_classes or 'no'} classes")
+        import torch
+
+        labels = torch.full((args.num,), args.label, dtype=torch.long)
     parts = sampling_bytes(math.prod(run.data.shape), args.num, args.steps, args.solver)
     check_call(parts, {"num": args.num, "steps": args.steps}, limit)
-    result = run.sample_result(args.num, steps=args.steps, seed=args.seed, solver=args.solver)
+    result = run.sample_result(args.num, steps=args.steps, seed=args.seed, solver=args.solver, y=labels,
+                               guidance=args.guidance, sampler=args.sampler)
     samples = result.x.float().cpu().numpy()
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".npy":
@@ -127,7 +143,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
     else:
         from fmmkit.evaluation import save_panels
 
-        label = f"{args.solver}({args.steps})" if args.solver else f"flow map, {args.steps} steps"
+        kind = (args.sampler or run.flow_map_sampler).replace("_", " ")
+        label = f"{args.solver}({args.steps})" if args.solver else f"{kind}, {args.steps} steps"
+        if args.guidance is not None:
+            label += f", guidance {args.guidance:g}"
         save_panels(run, [(label, samples)], out)
     print(f"wrote {args.num} samples ({result.nfe} NFE each) to {out}")
     return 0
@@ -289,6 +308,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--solver", help="integrate the velocity with this ODE sampler instead (euler, heun, midpoint, rk4, dopri5)")
     add_max_memory(p)
+    p.add_argument("--sampler", help="the flow-map sampler (flow_map, consistency, stochastic_flow_map; default: the "
+                                     "run's own, consistency for consistency models)")
+    p.add_argument("--guidance", type=float, help="guidance scale w, for a run trained with variable guidance")
+    p.add_argument("--label", type=int, help="class label of every sample (default: random labels with --guidance)")
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("eval", help="score a run at 1, 2, 4, 8 steps and against the teacher ODE")

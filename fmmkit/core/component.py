@@ -30,12 +30,15 @@ class BuildContext:
     num_classes: number of class labels of the data, or None for unconditional data.
     interpolant: the run's interpolant (built first).
     teacher: the frozen teacher velocity for distillation losses, or None.
+    guidance_input: backbones take the guidance scale and interval as an input (the conditioning
+    matrix of :mod:`fmmkit.core.conditioning`): set when the loss trains with variable guidance.
     """
 
     data_shape: tuple[int, ...] = ()
     num_classes: int | None = None
     interpolant: Interpolant | None = None
     teacher: VelocityField | None = None
+    guidance_input: bool = False
     extras: dict[str, Any] = attrs.field(factory=dict)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -13,15 +14,17 @@ from fmmkit.core.component import Component
 
 @dataclass
 class Batch:
-    """A batch of data points x1 of shape (B, ...) with optional integer labels y of shape (B,)."""
+    """A batch of data points x1 of shape (B, ...) with optional integer labels y of shape (B,) (or, inside
+    a loss with variable guidance, the conditioning matrix (B, 4) of :mod:`fmmkit.core.conditioning`)."""
 
     x1: Tensor
     y: Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.y is not None:
-            assert self.y.shape == (self.x1.shape[0],), (
-                f"labels must have shape ({self.x1.shape[0]},), got {tuple(self.y.shape)}"
+            n = self.x1.shape[0]
+            assert self.y.shape == (n,) or (self.y.ndim == 2 and self.y.shape[0] == n), (
+                f"labels must have shape ({n},) (or ({n}, 4) with guidance), got {tuple(self.y.shape)}"
             )
 
     def __len__(self) -> int:
@@ -50,6 +53,8 @@ class DataSource(Component, ABC):
     shape: tuple[int, ...] = ()
     #: Number of class labels, or None for unlabelled data.
     num_classes: int | None = None
+    #: False for a source whose points are placeholders (the ``prior`` of data-free losses).
+    holds_data: ClassVar[bool] = True
 
     @abstractmethod
     def sample(self, n: int, generator: torch.Generator) -> Batch:
@@ -62,6 +67,11 @@ class DataSource(Component, ABC):
     def bounds(self) -> tuple[float, float] | None:
         """A box [lo, hi]^d holding (almost) all the mass of the data, used by histogram metrics."""
         return None
+
+    def reference(self) -> DataSource:
+        """The data a run on this source is evaluated against: the source itself (a data-free source
+        gives its teacher's data)."""
+        return self
 
     def check_available(self) -> None:
         """Raise a one-line error (fmmkit.core.errors.UserError) when the data cannot be read, without

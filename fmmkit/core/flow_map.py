@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 from collections.abc import Iterator
 from typing import TypeVar
 
@@ -16,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from fmmkit.core.component import Component
-from fmmkit.core.shapes import as_batch_times, broadcast_time
+from fmmkit.core.shapes import as_batch_times, broadcast_time, time_dtype
 
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
@@ -55,9 +56,8 @@ def frozen_copy(module: ModuleT) -> ModuleT:
     return out
 
 
-def time_dtype(x: Tensor) -> torch.dtype:
-    """Times are float64 for float64 data and float32 otherwise (never half precision)."""
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+__all__ = ["PARAMETERIZATIONS", "Backbone", "FlowMap", "TrigFlowMap", "frozen_copy", "make_flow_map", "time_dtype"]
 
 
 class FlowMap(nn.Module):
@@ -78,10 +78,7 @@ class FlowMap(nn.Module):
         return mode() if mode is not None else contextlib.nullcontext()
 
     def _times(self, x: Tensor, s: Tensor | float, t: Tensor | float) -> tuple[Tensor, Tensor]:
-        dtype = time_dtype(x)
-        s = as_batch_times(s, x).to(dtype)
-        t = as_batch_times(t, x).to(dtype)
-        return s, t
+        return as_batch_times(s, x), as_batch_times(t, x)
 
     def average_velocity(self, x: Tensor, s: Tensor | float, t: Tensor | float, y: Tensor | None = None) -> Tensor:
         """v_{s,t}(x): the average velocity between times s and t."""
@@ -99,3 +96,43 @@ class FlowMap(nn.Module):
     def velocity(self, x: Tensor, t: Tensor | float, y: Tensor | None = None) -> Tensor:
         """b_t(x) = v_{t,t}(x) = d/dt X_{s,t}(x) at s = t."""
         return self.average_velocity(x, t, t, y)
+
+
+PARAMETERIZATIONS = ("average_velocity", "trigflow")
+
+
+class TrigFlowMap(FlowMap):
+    """The TrigFlow parameterisation of sCM (Lu & Song 2024, 2410.11081) as a two-time flow map:
+
+        X_{s,t}(x) = cos(h) x + sin(h) sigma_d F_{s,t}(x),   h = (pi / 2)(t - s),
+
+    F the backbone's output. With the ``trig`` interpolant and data of standard deviation sigma_d
+    (TrigFlow: x_tau = cos(tau) x_data + sin(tau) sigma_d z, our t = 1 - 2 tau / pi), X_{s,1} is sCM's
+    consistency function f(x, tau) = cos(tau) x - sin(tau) sigma_d F_TrigFlow with our F = -F_TrigFlow
+    (time runs the other way; /work/notes/frontier.md Sec. 4). The average velocity is
+    v_{s,t} = [(cos h - 1) x + sin(h) sigma_d F] / (t - s), written with sinc so that it is smooth at
+    s = t, where v_{t,t}(x) = (pi / 2) sigma_d F_{t,t}(x) is the velocity.
+    """
+
+    def __init__(self, backbone: Backbone, sigma_data: float = 1.0) -> None:
+        super().__init__(backbone)
+        self.sigma_data = sigma_data
+
+    def average_velocity(self, x: Tensor, s: Tensor | float, t: Tensor | float, y: Tensor | None = None) -> Tensor:
+        """v_{s,t}(x) = (pi/2) [sin(h) / h sigma_d F - sin(h/2) sinc-factor x], smooth at h = 0."""
+        s, t = self._times(x, s, t)
+        f = self.backbone(x, s, t, y)
+        assert f.shape == x.shape, f"backbone returned shape {tuple(f.shape)} for input {tuple(x.shape)}"
+        h = broadcast_time((math.pi / 2) * (t - s), x)
+        # (cos h - 1) / (t - s) = -(pi/2) sin(h/2) [sin(h/2) / (h/2)];  sin(h) / (t - s) = (pi/2) [sin(h) / h]
+        shrink = (-(math.pi / 2) * torch.sin(h / 2) * torch.sinc(h / (2 * math.pi))).to(f.dtype)
+        grow = ((math.pi / 2) * torch.sinc(h / math.pi)).to(f.dtype)
+        return shrink * x + grow * self.sigma_data * f
+
+
+def make_flow_map(backbone: Backbone, parameterization: str = "average_velocity", sigma_data: float = 1.0) -> FlowMap:
+    """The flow map around ``backbone``: X = x + (t - s) v (``average_velocity``) or ``trigflow``."""
+    if parameterization == "trigflow":
+        return TrigFlowMap(backbone, sigma_data)
+    assert parameterization == "average_velocity", f"unknown parameterization {parameterization!r}; use {PARAMETERIZATIONS}"
+    return FlowMap(backbone)

@@ -87,16 +87,20 @@ class Interpolant(Component, metaclass=_CheckedOnConstruction):
         return self.noise_scale != 0
 
     def interpolate(self, x0: Tensor, x1: Tensor, t: Tensor, z: Tensor | None = None) -> InterpolantSample:
-        """I_t and dI_t/dt = alpha' x0 + beta' x1 + gamma' z at per-sample times t of shape (B,)."""
+        """I_t and dI_t/dt = alpha' x0 + beta' x1 + gamma' z at per-sample times t of shape (B,).
+
+        Times stay float32 (float64 for float64 data); the coefficients are cast to the data's dtype.
+        """
         assert x0.shape == x1.shape, f"x0 {tuple(x0.shape)} and x1 {tuple(x1.shape)} must match"
         t = as_batch_times(t, x1)
         tb = broadcast_time(t, x1)
-        x_t = self.alpha(tb) * x0 + self.beta(tb) * x1
-        dx_t = self.d_alpha(tb) * x0 + self.d_beta(tb) * x1
+        c = lambda f: f(tb).to(x1.dtype)  # noqa: E731
+        x_t = c(self.alpha) * x0 + c(self.beta) * x1
+        dx_t = c(self.d_alpha) * x0 + c(self.d_beta) * x1
         if self.stochastic:
             assert z is not None and z.shape == x1.shape, "a stochastic interpolant needs z shaped like x1"
-            x_t = x_t + self.gamma(tb) * z
-            dx_t = dx_t + self.d_gamma(tb) * z
+            x_t = x_t + c(self.gamma) * z
+            dx_t = dx_t + c(self.d_gamma) * z
         return InterpolantSample(t=t, x_t=x_t, dx_t=dx_t, x0=x0, x1=x1, z=z if self.stochastic else None)
 
     def draw(self, x1: Tensor, t: Tensor, generator: torch.Generator | None = None) -> InterpolantSample:

@@ -39,13 +39,20 @@ class Loss(Component, ABC):
 
     Class flags read by the spec layer and trainer: ``requires_teacher`` (a distillation loss needs a
     frozen teacher velocity), ``needs_forward_ad`` (the loss takes a ``torch.func.jvp`` through the
-    model) and ``trains_flow_map`` (False for a velocity-only loss such as flow matching).
+    model), ``trains_flow_map`` (False for a velocity-only loss such as flow matching), ``needs_data``
+    (False for a data-free loss, which reads only the shape, dtype and labels of its batches: a spec
+    may then omit ``[data]`` or use ``kind = "prior"``) and ``default_sampler`` (the registered sampler
+    that draws its multi-step samples: ``consistency`` for losses that learn only X_{s,1}).
     """
 
     requires_teacher: ClassVar[bool] = False
     needs_forward_ad: ClassVar[bool] = False
     #: False for losses that train only the velocity b_t = v_{t,t} (a teacher), not the two-time map.
     trains_flow_map: ClassVar[bool] = True
+    #: False for losses that never look at data points (FreeFlow: every state comes from the prior).
+    needs_data: ClassVar[bool] = True
+    #: the sampler for K-step samples of this loss's model ("flow_map": K jumps X_{t_k, t_{k+1}}).
+    default_sampler: ClassVar[str] = "flow_map"
 
     def __init__(self, config: Any, interpolant: Interpolant) -> None:
         self.config = config

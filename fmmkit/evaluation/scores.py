@@ -1,7 +1,11 @@
 """``fmmkit eval``: sample quality of a run at 1, 2, 4, 8 flow-map steps and of the teacher ODE.
 
 Every row draws the same noise (seed ``eval.seed``) and is scored against the same reference sample
-of the data with each metric of ``eval.metrics``; NFE is network evaluations per sample.
+of the data with each metric of ``eval.metrics``; NFE is network evaluations per sample. The k-step
+rows use the run's flow-map sampler (``consistency`` for models of X_{s,1} only, see
+:attr:`fmmkit.runs.run.Run.flow_map_sampler`); a run trained with variable guidance adds a guidance
+sweep (``eval.guidance``), sampled with the reference's labels at each scale. A data-free run is
+scored against its teacher's data.
 """
 
 from __future__ import annotations
@@ -49,19 +53,48 @@ def _timed(fn: Any) -> tuple[Any, float]:
     return result, time.perf_counter() - start
 
 
-def flow_map_rows(run: Run) -> list[tuple[str, Any, Any]]:
-    """(label, sampler, model) for each flow-map step count, unless the run trains only a velocity."""
+#: (label, sampler, model or velocity field, guidance scale or None)
+Row = tuple[str, Any, Any, float | None]
+
+
+def _steps(k: int) -> str:
+    return f"{k} step{'s' if k > 1 else ''}"
+
+
+def flow_map_rows(run: Run) -> list[Row]:
+    """(label, sampler, model, None) for each flow-map step count, unless the run trains only a velocity."""
     if not getattr(run.registry.get("loss", run.spec.loss.kind).component, "trains_flow_map", True):
         return []
-    return [(f"flow map, {k} step{'s' if k > 1 else ''}", run.sampler("flow_map", steps=k), run.model)
-            for k in run.spec.sample.steps]
+    kind = run.flow_map_sampler
+    name = "flow map" if kind == "flow_map" else kind.replace("_", " ")
+    return [(f"{name}, {_steps(k)}", run.sampler(kind, steps=k), run.model, None) for k in run.spec.sample.steps]
 
 
-def sampler_rows(run: Run) -> list[tuple[str, Any, Any]]:
-    """Flow-map rows, then (label, sampler, velocity field) for each ODE solver of ``eval.ode``."""
+def guidance_scales(run: Run) -> list[float]:
+    """The scales of the guidance sweep: ``eval.guidance``, or the ends and middle of the training range."""
+    scale_range = run.guidance_range
+    if scale_range is None:
+        return []
+    if run.spec.eval.guidance:
+        return list(run.spec.eval.guidance)
+    lo, hi = scale_range
+    return sorted({lo, (lo + hi) / 2, hi})
+
+
+def guidance_rows(run: Run) -> list[Row]:
+    """(label, sampler, model, w) of the guidance sweep: each scale at the smallest and largest step count."""
+    kind = run.flow_map_sampler
+    counts = sorted({min(run.spec.sample.steps), max(run.spec.sample.steps)})
+    return [(f"guidance {w:g}, {_steps(k)}", run.sampler(kind, steps=k), run.model, w)
+            for w in guidance_scales(run) for k in counts]
+
+
+def sampler_rows(run: Run) -> list[Row]:
+    """Flow-map rows, the guidance sweep, then (label, sampler, velocity field, None) per ODE solver of ``eval.ode``."""
     prefix, field_ = _teacher_field(run)
     ode = [run.registry.build("sampler", s.kind, s.config, BuildContext()) for s in run.spec.eval.ode]
-    return flow_map_rows(run) + [(f"{prefix} {sampler.label}", sampler, field_) for sampler in ode]
+    return flow_map_rows(run) + guidance_rows(run) + [(f"{prefix} {sampler.label}", sampler, field_, None)
+                                                      for sampler in ode]
 
 
 def build_metrics(spec: Spec, registry: Registry) -> dict[str, Metric]:
@@ -84,13 +117,16 @@ def evaluate(run: Run | str | Path, num_samples: int | None = None, write: bool 
     run = run if isinstance(run, Run) else load_run(run)
     cfg = run.spec.eval
     n = num_samples or cfg.num_samples
-    reference = run.data.sample(n, torch.Generator().manual_seed(cfg.seed)).x1.float()
+    check_reference(run)
+    batch = run.data.sample(n, torch.Generator().manual_seed(cfg.seed))
+    reference = batch.x1.float()
     x0 = run.noise(n, seed=cfg.seed + 1)
     metrics = build_metrics(run.spec, run.registry)
     rows = []
-    for label, sampler, model in sampler_rows(run):
+    for label, sampler, model, w in sampler_rows(run):
+        y = run.condition(n, batch.y, w) if w is not None else None
         try:
-            result, seconds = _timed(lambda: sampler(model, x0))
+            result, seconds = _timed(lambda: sampler(model, x0, y))
         except UserError as exc:  # a solver that cannot finish (a diverged run): the row says so, the others score
             warn(f"{label}: {exc}")
             rows.append(EvalRow(label, 0, 0.0, dict.fromkeys(metrics, math.nan), note=str(exc)))
@@ -106,6 +142,12 @@ def evaluate(run: Run | str | Path, num_samples: int | None = None, write: bool 
 def eval_record(rows: list[EvalRow], num_samples: int) -> dict[str, Any]:
     """What ``eval.json`` holds: the samples per row and every row (non-finite scores become null)."""
     return {"num_samples": num_samples, "rows": [asdict(r) for r in rows]}
+
+
+def check_reference(run: Run) -> None:
+    """A data-free run whose teacher has no data cannot be scored: a one-line error (UserError)."""
+    if not run.data.holds_data:
+        run.data.reference()  # raises, naming the fix
 
 
 def format_table(rows: list[EvalRow]) -> str:
@@ -147,7 +189,7 @@ def save_pictures(run: Run, path: Path | None = None) -> Path:
     prefix, field_ = _teacher_field(run)
     ode = run.sampler(run.spec.sample.picture_solver, steps=run.spec.sample.picture_solver_steps)
     panels = []
-    for label, sampler, model in [*flow_map_rows(run), (f"{prefix} {ode.label}", ode, field_)]:
+    for label, sampler, model, _ in [*flow_map_rows(run), (f"{prefix} {ode.label}", ode, field_, None)]:
         with torch.no_grad():
             panels.append((label, sampler(model, x0).x.float().cpu().numpy()))
     return save_panels(run, panels, path or run.path / SAMPLES_FILE)

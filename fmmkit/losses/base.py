@@ -1,16 +1,27 @@
 """Machinery shared by fmmkit's losses: per-sample terms, times, weighting, guidance, the diagonal split.
 
 A loss here subclasses :class:`FlowMapLoss` and returns named :class:`Term` s of per-sample squared
-residuals (averaged over dimensions) with their times (s, t); the base class draws label dropout,
-reduces all terms together with the configured :mod:`fmmkit.losses.weighting` (so a term's share of the loss
-is its share of the batch), and logs each term's unweighted mean. Configs may carry ``times``
-(:class:`fmmkit.losses.times.TimeSampling`), ``weighting`` and ``guidance`` tables.
+residuals (averaged over dimensions) with their times (s, t); the base class draws label dropout
+(and, for variable guidance, each sample's guidance scale and interval, packed into the conditioning
+matrix y: :mod:`fmmkit.losses.guidance`), reduces all terms together with the configured
+:mod:`fmmkit.losses.weighting` (so a term's share of the loss is its share of the batch), and logs each
+term's unweighted mean. Configs may carry ``times`` (:class:`fmmkit.losses.times.TimeSampling`),
+``weighting`` and ``guidance`` tables.
+
+Target passes — stop-gradient evaluations of the model itself that build a target (LSD's
+v_{t,t}(sg X), PSD's two jumps, shortcut's half steps, ESD's v_{s,s}, the guided regression target's
+unconditional velocity) — run in eval mode, dropout off, as the official codes do (``train=False``
+in MeanFlow, shortcut models and the self-distillation paper's code); ``target_dropout = true``
+keeps the model's mode (independent dropout masks, fmmkit's behaviour before issue 11). Passes that
+belong to the differentiated residual share one dropout mask (one JVP, or replayed RNG state).
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
 from abc import abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +35,17 @@ from fmmkit.core.shapes import broadcast_time, mean_squares
 from fmmkit.core.validators import non_negative, one_of
 from fmmkit.core.derivatives import DERIVATIVE_METHODS, eulerian_velocity_derivative
 from fmmkit.losses.held import HeldCopy, prefixed, unprefixed
-from fmmkit.losses.guidance import GuidanceConfig, drop_labels, guided_regression_target, guided_velocity
+from fmmkit.losses.guidance import (
+    GuidanceConfig,
+    condition,
+    drop_labels,
+    effective_scale,
+    guided_target,
+    guided_velocity,
+    is_guided,
+    labels_of,
+    null_condition,
+)
 from fmmkit.losses.times import DiagonalHeavyTimes, TimeSampling, diagonal_count, stochastic_time_bounds
 from fmmkit.losses.weighting import Weighting, WeightingConfig
 from fmmkit.moved import moved_getattr
@@ -34,11 +55,14 @@ __getattr__ = moved_getattr(__name__)  # split_diagonal is split_batch
 
 @attrs.define(frozen=True)
 class LossTables:
-    """The nested tables every loss config has: ``[loss.times]``, ``[loss.weighting]``, ``[loss.guidance]``."""
+    """The nested tables every loss config has: ``[loss.times]``, ``[loss.weighting]``, ``[loss.guidance]``;
+    target_dropout: run the loss's target passes (stop-gradient evaluations of the model) in the
+    model's mode, dropout on (false: eval mode, dropout off, as the official codes do)."""
 
     times: TimeSampling = attrs.field(factory=TimeSampling)
     weighting: WeightingConfig = attrs.field(factory=WeightingConfig)
     guidance: GuidanceConfig = attrs.field(factory=GuidanceConfig)
+    target_dropout: bool = False
 
 
 @attrs.define(frozen=True)
@@ -108,6 +132,19 @@ def semigradient_squares(v: Tensor, direction: Tensor) -> Tensor:
     return mean_squares(v - (v + direction).detach())
 
 
+@contextlib.contextmanager
+def eval_mode(module: nn.Module) -> Iterator[None]:
+    """``module`` (and every submodule) in eval mode inside the block; each one's mode restored after."""
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+
 class FlowMapLoss(Loss):
     """A loss made of per-sample terms: times, label dropout, guidance and weighting handled here.
 
@@ -116,6 +153,10 @@ class FlowMapLoss(Loss):
     """
 
     held_prefix: str | None = None
+
+    #: which rows label dropout may hit: "all" (each row with probability p) or "first" (the first
+    #: k ~ Binomial(B, p) rows: MeanFlow / iMF, where the s = t rows lead the batch)
+    label_dropout_rows: str = "all"
 
     def __init__(self, config: Any, interpolant: Interpolant, num_classes: int | None = None) -> None:
         super().__init__(config, interpolant)
@@ -146,15 +187,50 @@ class FlowMapLoss(Loss):
         """I_t and dI_t/dt for the data batch at per-sample times t."""
         return self.interpolant.draw(batch.x1, t)
 
+    def label_dropout_span(self, n: int) -> tuple[int, int]:
+        """The rows [start, stop) of a batch of n that label dropout may hit (all of them by default)."""
+        return 0, n
+
+    # ---- target passes (``config.target_dropout``)
+    @contextlib.contextmanager
+    def target_pass(self, model: nn.Module) -> Iterator[None]:
+        """No gradients, and eval mode (dropout off) unless ``target_dropout``: a pass that builds a target."""
+        mode = contextlib.nullcontext() if getattr(self.config, "target_dropout", False) else eval_mode(model)
+        with torch.no_grad(), mode:
+            yield
+
     # ---- guidance (``self.guidance``)
     def teacher_velocity(self, teacher: VelocityField | None, x: Tensor, t: Tensor, y: Tensor | None) -> Tensor:
-        """The (guided) teacher velocity b^w_t(x | y)."""
+        """The (guided) teacher velocity b^w_t(x | y); w per sample for variable guidance, 1 outside the interval."""
         assert teacher is not None, f"loss {type(self).__name__} needs a teacher velocity"
-        return guided_velocity(teacher, x, t, y, self.guidance.scale)
+        return guided_velocity(teacher, x, t, labels_of(y), effective_scale(y, t, self.guidance))
 
     def velocity_target(self, model: FlowMap, path: InterpolantSample, y: Tensor | None) -> Tensor:
-        """The regression target for v_{t,t}(I_t): dI_t/dt, guided when labels and a scale are given."""
-        return guided_regression_target(model, path.x_t, path.t, path.dx_t, y, self.guidance.scale, self.num_classes)
+        """The regression target for v_{t,t}(I_t): dI_t/dt, guided when labels and a scale are given
+        (the model's own velocities from target passes; see :func:`fmmkit.losses.guidance.guided_target`)."""
+        scale = effective_scale(y, path.t, self.guidance)
+        if not is_guided(y, scale):
+            return path.dx_t
+        kappa = self.guidance.kappa
+        with self.target_pass(model):
+            unconditional = model.velocity(path.x_t, path.t, null_condition(y, self.num_classes))
+            conditional = model.velocity(path.x_t, path.t, y) if kappa > 0 else None
+        return guided_target(path.dx_t, y, scale, self.num_classes, unconditional, conditional, kappa)
+
+    def prepare_labels(self, batch: Batch) -> Batch:
+        """Label dropout (``label_dropout_rows``), then, for variable guidance, each row's w and interval
+        packed with its label into the conditioning matrix (:func:`fmmkit.losses.guidance.condition`)."""
+        if batch.y is None:
+            return batch
+        start, stop = self.label_dropout_span(len(batch))
+        y = batch.y
+        dropped = drop_labels(y[start:stop], self.guidance.label_dropout, self.num_classes, self.label_dropout_rows)
+        assert dropped is not None
+        y = torch.cat([y[:start], dropped, y[stop:]])
+        if self.guidance.variable:
+            assert y is not None
+            y = condition(y, *self.guidance.draw(len(batch), y.device))
+        return Batch(batch.x1, y)
 
     def start(self, batch: Batch) -> tuple[Tensor, Tensor, Tensor]:
         """(s, t, I_s) for a batch: pairs from :meth:`sample_pairs` and the start points I_s."""
@@ -179,7 +255,7 @@ class FlowMapLoss(Loss):
     ) -> tuple[Tensor, Tensor]:
         """(v, T) = (v_{s,t}(x), (t - s) (d/ds v_{s,t} + grad_x v_{s,t} b)(x)), one JVP with tangent (b, 1, 0)
         by ``config.derivative``; the Eulerian residual d/ds X + grad_x X b equals b - v + T."""
-        v, total = eulerian_velocity_derivative(model, x, s, t, b, y=y, method=self.config.derivative)
+        v, total = eulerian_velocity_derivative(model, x, s, t, dx=b, y=y, method=self.config.derivative)
         return v, broadcast_time(t - s, v).to(v.dtype) * total
 
     def flow_matching_term(self, model: FlowMap, batch: Batch, name: str) -> Term:
@@ -197,14 +273,13 @@ class FlowMapLoss(Loss):
     def __call__(
         self, model: FlowMap, batch: Batch, *, teacher: VelocityField | None = None, step: int = 0
     ) -> LossOutput:
-        if batch.y is not None:
-            batch = Batch(batch.x1, drop_labels(batch.y, self.guidance.label_dropout, self.num_classes))
+        batch = self.prepare_labels(batch)
         terms = [term for term in self.terms(model, batch, teacher, step) if term.values.numel()]
         assert terms, f"loss {type(self).__name__} produced no terms for a batch of {len(batch)}"
         values = torch.cat([term.values for term in terms])
         s = torch.cat([term.s.to(values.dtype) for term in terms])
         t = torch.cat([term.t.to(values.dtype) for term in terms])
-        loss, metrics = self.weighting(values, s, t)
+        loss, metrics = self.weighting(values, s, t, dims=math.prod(batch.x1.shape[1:]))
         for term in terms:
             metrics[term.name] = term.values.mean().detach()
             metrics.update({name: part.mean().detach() for name, part in term.parts.items()})

@@ -5,14 +5,12 @@ L = eta * E_t |v_{t,t}(I_t) - dI_t/dt|^2
 
 The diagonal term is flow matching on the model's own velocity b_t = v_{t,t}; the off-diagonal term
 is the Lagrangian equation with the model's current parameters as teacher (no EMA), its target under
-stop-gradient. A fraction eta of each batch (0.75 in the paper) goes to the diagonal. At the exact
+stop-gradient and computed with dropout off (official code: ``train=False``; ``target_dropout``). A fraction eta of each batch (0.75 in the paper) goes to the diagonal. At the exact
 map the off-diagonal residual is 0 and the loss equals eta times the conditional variance of dI_t/dt.
 With guidance the diagonal learns the guided velocity (see :mod:`fmmkit.losses.guidance`), and the map follows it.
 """
 
 from __future__ import annotations
-
-import torch
 
 from fmmkit.core import Batch, FlowMap
 from fmmkit.core.shapes import mean_squares
@@ -34,7 +32,7 @@ class LagrangianSelfDistillation(SelfDistillationLoss):
         s, t = self.sample_off_diagonal_pairs(len(batch), batch.x1)
         x_s = self.draw(batch, s).x_t
         x_st, dt_x_st = time_derivative(model, x_s, s, t, y=batch.y, method=self.config.derivative)
-        with torch.no_grad():
+        with self.target_pass(model):
             target = model.velocity(x_st.detach(), t, batch.y)
         return Term("lagrangian", mean_squares(dt_x_st - target), s, t)
 

@@ -6,7 +6,8 @@ L = eta * E_t |v_{t,t}(I_t) - dI_t/dt|^2
 
 which is X_{s,t} = X_{u,t} o X_{s,u} written for v (u - s = (1 - g)(t - s), t - u = g (t - s)).
 ``split = "uniform"`` draws g ~ U[0, 1] per sample (PSD-U); ``split = "midpoint"`` fixes g = 1/2
-(PSD-M). No derivative is taken: one differentiated pass and two under no_grad (~1.5 passes). At the
+(PSD-M). No derivative is taken: one differentiated pass and two target passes under no_grad, dropout
+off (~1.5 passes). At the
 exact map the residual vanishes and the loss is eta times the conditional variance.
 """
 
@@ -43,7 +44,7 @@ class ProgressiveSelfDistillation(SelfDistillationLoss):
         g = torch.rand_like(s) if self.config.split == "uniform" else torch.full_like(s, 0.5)
         u = g * s + (1 - g) * t
         y = batch.y
-        with torch.no_grad():
+        with self.target_pass(model):
             first = model.average_velocity(x_s, s, u, y)
             x_u = x_s + broadcast_time(u - s, x_s).to(first.dtype) * first
             second = model.average_velocity(x_u, u, t, y)

@@ -10,7 +10,8 @@ A spec chooses them in the nested table ``[loss.times]``:
   ``TIME_ORDERS`` is the one vocabulary of time order, here and in :mod:`fmmkit.verification`.
 - ``diagonal_fraction``: the share of the batch on s = t, the one key for it in every loss (the
   self-distillation losses' eta, MeanFlow's "fraction of r = t"); those rows are the first
-  round(fraction * n) of the batch (batch rows are exchangeable).
+  round(fraction * n) of the batch (batch rows are exchangeable) and keep the pair's start
+  time s: t is set to s, as MeanFlow's ``sample_tr`` keeps its t (the noisier time, our s).
 
 A loss whose defaults differ (the diagonal share of the self-distillation losses and MeanFlow,
 direct FMM's order) declares a subclass that overrides the field, so that a partial
@@ -86,13 +87,13 @@ class TimeSampling:
         self, n: int, device: torch.device | str, dtype: torch.dtype = torch.float32, *, off_diagonal: bool = False
     ) -> tuple[Tensor, Tensor]:
         """n pairs (s, t), each (n,): s <= t for ``forward``, any order for ``both``; the first
-        round(diagonal_fraction * n) pairs have s = t, unless ``off_diagonal`` (the rows of a batch
+        round(diagonal_fraction * n) pairs have s = t (= the pair's s), unless ``off_diagonal`` (the rows of a batch
         whose diagonal share a loss already split off)."""
         a, b = self.sample(n, device, dtype), self.sample(n, device, dtype)
         s, t = (torch.minimum(a, b), torch.maximum(a, b)) if self.order == "forward" else (a, b)
         n_diag = 0 if off_diagonal else diagonal_count(n, self.diagonal_fraction)
         if n_diag:
-            s = torch.cat([t[:n_diag], s[n_diag:]])
+            t = torch.cat([s[:n_diag], t[n_diag:]])
         return s, t
 
 

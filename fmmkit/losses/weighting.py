@@ -5,7 +5,10 @@ Every loss computes per-sample squared residuals L_i at times (s_i, t_i) and red
 - ``none``:      mean_i L_i.
 - ``adaptive``:  mean_i sg(w_i) L_i, w_i = 1 / (L_i + c)^p   (MeanFlow, 2505.13447, "adaptive loss
   weighting": p = 0 is the plain loss, p = 0.5 behaves like the pseudo-Huber loss, p = 1, MeanFlow's
-  choice, like log(L + c)). Here L_i is the residual averaged over dimensions, so c is on that scale.
+  choice, like log(L + c)). L_i is the residual averaged over the D dimensions of a data point, so c is
+  on that scale; ``reduction = "sum"`` puts c on the residual *summed* over dimensions instead, as the
+  official MeanFlow and iMF code do (``loss = sum over pixels``; ``(loss + norm_eps)^p``): the weight is
+  then 1 / (D L_i + c)^p on the loss D L_i.
 - ``learned``:   mean_i exp(-u(s_i, t_i)) L_i + u(s_i, t_i), with u a small network of the two times
   (EDM2, Karras et al. 2024, "learned uncertainty"; the two-time form of the self-distillation paper 2505.18825).
   At fixed L the minimiser is u(s, t) = log E[L | s, t], so the weight exp(-u) normalises the scale of
@@ -23,15 +26,18 @@ from fmmkit.core.validators import non_negative, one_of, positive
 from fmmkit.nets.embeddings import TwoTimeEmbedding
 
 WEIGHTINGS = ("none", "adaptive", "learned")
+REDUCTIONS = ("mean", "sum")
 
 
 @attrs.define(frozen=True)
 class WeightingConfig:
-    """kind; power p and eps c of ``adaptive``; width and time_dim of the ``learned`` weight network."""
+    """kind; power p and eps c of ``adaptive``, and whether c is on the residual's mean or sum over
+    dimensions (``reduction``); width and time_dim of the ``learned`` weight network."""
 
     kind: str = attrs.field(default="none", validator=one_of(WEIGHTINGS))
     power: float = attrs.field(default=1.0, validator=non_negative)
     eps: float = attrs.field(default=1e-3, validator=positive)
+    reduction: str = attrs.field(default="mean", validator=one_of(REDUCTIONS))
     width: int = attrs.field(default=64, validator=positive)
     time_dim: int = attrs.field(default=16, validator=positive)
 
@@ -64,14 +70,16 @@ class Weighting:
         """The learned weight's parameters (empty for ``none`` and ``adaptive``)."""
         return list(self.network.parameters()) if self.network is not None else []
 
-    def __call__(self, values: Tensor, s: Tensor, t: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """(scalar loss, metrics) from per-sample losses ``values`` at times (s, t)."""
+    def __call__(self, values: Tensor, s: Tensor, t: Tensor, dims: int = 1) -> tuple[Tensor, dict[str, Tensor]]:
+        """(scalar loss, metrics) from per-sample losses ``values`` (means over ``dims`` dimensions) at times (s, t)."""
         assert values.ndim == 1 and s.shape == values.shape and t.shape == values.shape, (
             f"weighting needs per-sample losses and times of one shape (B,), got {tuple(values.shape)}, "
             f"{tuple(s.shape)}, {tuple(t.shape)}"
         )
         kind = self.config.kind
         if kind == "adaptive":
+            if self.config.reduction == "sum":
+                values = values * dims
             w = (values.detach() + self.config.eps).pow(-self.config.power)
             return (w * values).mean(), {}
         if kind == "learned":

@@ -6,7 +6,9 @@ autocast, since low-precision time embeddings cause gradient spikes through JVPs
 Labels use an extra "null" class (index num_classes) for unconditional passes; with
 ``label_dropout`` p > 0 each label is replaced by the null class with probability p in training
 mode (classifier-free guidance). The drop draws from torch's global generator, like dropout: a
-loss that needs the same drop in a JVP and a second forward replays the RNG state.
+loss that needs the same drop in a JVP and a second forward replays the RNG state. With
+``guidance_input``, c also gets the embedding of the guidance scale and interval of the conditioning
+matrix y (B, 4) (:mod:`fmmkit.core.conditioning`; variable guidance).
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from fmmkit.core.conditioning import labels_of
 from fmmkit.core.errors import UserError
-from fmmkit.nets.embeddings import TwoTimeEmbedding
+from fmmkit.nets.embeddings import GuidanceEmbedding, TwoTimeEmbedding, guidance_input
 
 
 class BackboneConfigError(UserError):
@@ -44,27 +47,30 @@ class ConditionEmbedding(nn.Module):
     """(s, t, y) -> c (B, dim): MLP of the two-time embedding, plus a learned label embedding."""
 
     def __init__(self, dim: int, time_dim: int, kind: str, pair: str, num_classes: int | None,
-                 label_dropout: float = 0.0) -> None:
+                 label_dropout: float = 0.0, guidance: bool = False) -> None:
         super().__init__()
         self.time = TwoTimeEmbedding(time_dim, kind, pair)
         self.mlp = nn.Sequential(nn.Linear(self.time.dim, dim), nn.SiLU(), nn.Linear(dim, dim))
         self.label = nn.Embedding(num_classes + 1, dim) if num_classes else None
         self.null_label = num_classes or 0
         self.label_dropout = label_dropout
+        self.guidance = GuidanceEmbedding(dim) if guidance else None
 
     def forward(self, s: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         """(B,), (B,), (B,) or None -> (B, dim) in the embedding's precision (float32 or float64)."""
         e = self.time(s, t)
         with torch.autocast(device_type=e.device.type, enabled=False):
             c = self.mlp(e.to(self.mlp[0].weight.dtype))
+        batch = c.shape[0]
+        if self.guidance is not None:
+            c = c + self.guidance(guidance_input(y, batch, c)).to(c.dtype)
         if self.label is None:
             return c
-        batch = c.shape[0]
         if y is None:
             labels = torch.full((batch,), self.null_label, dtype=torch.long, device=c.device)
         else:
-            assert y.shape == (batch,), f"labels must have shape ({batch},), got {tuple(y.shape)}"
-            labels = y.to(device=c.device, dtype=torch.long)
+            assert y.shape[0] == batch, f"labels must have {batch} rows, got {tuple(y.shape)}"
+            labels = labels_of(y).to(device=c.device, dtype=torch.long)  # type: ignore[union-attr]
             if self.training and self.label_dropout > 0:
                 drop = torch.rand(batch, device=c.device) < self.label_dropout
                 labels = torch.where(drop, torch.full_like(labels, self.null_label), labels)

@@ -63,3 +63,38 @@ class TwoTimeEmbedding(nn.Module):
             s, t = s.to(dtype), t.to(dtype)
             first, second = (s, t) if self.pair == "s_t" else (t, t - s)
             return torch.cat([self.embed(first), self.embed(second)], dim=1)
+
+
+class GuidanceEmbedding(nn.Module):
+    """(w, start, end) (B, 3) -> (B, out): sinusoidal features of 1 - 1/w (iMF's embedding of the scale,
+    in [0, 1) for w >= 1), start and end of the guidance interval, then Linear -> SiLU -> Linear (the
+    last zero-initialised, so an untrained model ignores the guidance input). Computed in float32
+    (float64 for float64 input) outside autocast, like the time embedding."""
+
+    def __init__(self, out: int, dim: int = 32, max_frequency: float = 100.0) -> None:
+        super().__init__()
+        self.embed = SinusoidalEmbedding(dim, max_frequency)
+        self.hidden = nn.Linear(3 * dim, out)
+        self.out = nn.Linear(out, out)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, guidance: Tensor) -> Tensor:
+        """(B, 3) -> (B, out)."""
+        dtype = torch.float64 if guidance.dtype == torch.float64 else torch.float32
+        with torch.autocast(device_type=guidance.device.type, enabled=False):
+            g = guidance.to(dtype)
+            features = torch.stack([1 - 1 / g[:, 0].clamp_min(1e-3), g[:, 1], g[:, 2]], dim=1)
+            e = torch.cat([self.embed(features[:, i]) for i in range(3)], dim=1)
+            w = self.hidden.weight
+            return self.out(nn.functional.silu(self.hidden(e.to(w.dtype))))
+
+
+def guidance_input(y: Tensor | None, batch: int, like: Tensor) -> Tensor:
+    """The (w, start, end) input (B, 3) of y: the conditioning matrix's, or no guidance (1, 0, 1)."""
+    from fmmkit.core.conditioning import NO_GUIDANCE, guidance_of
+
+    g = guidance_of(y)
+    if g is not None:
+        return g.to(like.device)
+    return torch.tensor(NO_GUIDANCE, device=like.device, dtype=torch.float32).expand(batch, 3)

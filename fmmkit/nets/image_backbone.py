@@ -47,6 +47,7 @@ class ImageBackbone(AttentionBackbone):
         self.shape = image_shape(shape, self.kind)
         self.num_classes = num_classes
         self.backends = resolve_backends(config, ctx)
+        self.guidance_input = bool(ctx is not None and ctx.guidance_input)  # variable guidance: w is an input
         self.make_layers(config, *self.shape)
 
     @abstractmethod
@@ -54,10 +55,11 @@ class ImageBackbone(AttentionBackbone):
         """Create the network's layers for images (channels, height, width)."""
 
     def condition(self, dim: int) -> ConditionEmbedding:
-        """c(s, t, y) of width ``dim`` from the config's time_dim, time_embedding, time_pair and label_dropout."""
+        """c(s, t, y) of width ``dim`` from the config's time_dim, time_embedding, time_pair and label_dropout
+        (and the guidance scale and interval when the model takes them as inputs)."""
         cfg = self.config
         return ConditionEmbedding(dim, cfg.time_dim, cfg.time_embedding, cfg.time_pair, self.num_classes,
-                                  cfg.label_dropout)
+                                  cfg.label_dropout, guidance=self.guidance_input)
 
     def check_input(self, x: Tensor) -> None:
         """Images of the shape the backbone was built for."""

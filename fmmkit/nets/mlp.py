@@ -11,7 +11,8 @@ from torch import Tensor, nn
 from fmmkit.core import Backbone, BuildContext
 from fmmkit.core.validators import one_of, positive
 from fmmkit.hookspecs import hookimpl
-from fmmkit.nets.embeddings import TIME_EMBEDDINGS, TIME_PAIRS, TwoTimeEmbedding
+from fmmkit.core.conditioning import labels_of
+from fmmkit.nets.embeddings import TIME_EMBEDDINGS, TIME_PAIRS, GuidanceEmbedding, TwoTimeEmbedding, guidance_input
 
 
 @attrs.define(frozen=True)
@@ -30,17 +31,23 @@ class MLPConfig:
 
 
 class MLP(Backbone):
-    """x (B, *shape) and times -> v (B, *shape): [x ++ e(s, t) ++ e(y)] -> depth x (Linear, SiLU) -> Linear."""
+    """x (B, *shape) and times -> v (B, *shape): [x ++ e(s, t) ++ e(y)] -> depth x (Linear, SiLU) -> Linear.
+
+    With ``guidance_input`` the embedding of the guidance scale and interval (the conditioning matrix,
+    :class:`fmmkit.nets.embeddings.GuidanceEmbedding`) is added to the first layer like the label's.
+    """
 
     Config = MLPConfig
 
-    def __init__(self, config: MLPConfig, shape: tuple[int, ...], num_classes: int | None = None) -> None:
+    def __init__(self, config: MLPConfig, shape: tuple[int, ...], num_classes: int | None = None,
+                 guidance: bool = False) -> None:
         super().__init__()
         self.config = config
         self.shape = tuple(shape)
         dim = math.prod(self.shape)
         self.time = TwoTimeEmbedding(config.time_dim, config.time_embedding, config.time_pair, config.max_frequency)
         self.label = nn.Embedding(num_classes + 1, config.width) if num_classes else None  # last index: no label
+        self.guidance = GuidanceEmbedding(config.width) if guidance else None
         self.inp = nn.Linear(dim + self.time.dim, config.width)
         self.hidden = nn.ModuleList(nn.Linear(config.width, config.width) for _ in range(config.depth - 1))
         self.out = nn.Linear(config.width, dim)
@@ -50,7 +57,7 @@ class MLP(Backbone):
 
     @classmethod
     def build(cls, config: MLPConfig, ctx: BuildContext) -> MLP:
-        return cls(config, ctx.data_shape, ctx.num_classes)
+        return cls(config, ctx.data_shape, ctx.num_classes, ctx.guidance_input)
 
     def forward(self, x: Tensor, s: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         batch = x.shape[0]
@@ -58,8 +65,11 @@ class MLP(Backbone):
         emb = self.time(s, t).to(x.dtype)  # (B, 2 time_dim)
         h = self.inp(torch.cat([x.reshape(batch, -1), emb], dim=1))  # (B, width)
         if self.label is not None:
-            labels = y if y is not None else torch.full((batch,), self.label.num_embeddings - 1, device=x.device)
+            labels = labels_of(y)
+            labels = labels if labels is not None else torch.full((batch,), self.label.num_embeddings - 1, device=x.device)
             h = h + self.label(labels).to(h.dtype)
+        if self.guidance is not None:
+            h = h + self.guidance(guidance_input(y, batch, x)).to(h.dtype)
         h = nn.functional.silu(h)
         for layer in self.hidden:
             h = nn.functional.silu(layer(h))

@@ -17,6 +17,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from typing import TYPE_CHECKING
 
 from fmmkit.spec.errors import SpecError
@@ -41,6 +43,11 @@ RAW = "raw"
 
 #: The files that make a directory a trained run.
 RUN_MARKERS = (SPEC_FILE, WEIGHTS_FILE)
+
+
+def missing_run_files(run_dir: str | Path) -> list[str]:
+    """The files of a trained run (RUN_MARKERS) that ``run_dir`` lacks: none for a trained run."""
+    return [marker for marker in RUN_MARKERS if not (Path(run_dir) / marker).is_file()]
 
 
 def weights_file(label: str) -> str:

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from fmmkit.core import BuildContext, DataSource, FlowMap, Interpolant, SampleResult
+from fmmkit.core.errors import UserError
 from fmmkit.core.flow_map import frozen_copy
 from fmmkit.registry import Registry, get_registry
 from fmmkit.runs.files import load_weights
@@ -54,27 +55,72 @@ class Run:
         return torch.randn((n, *self.data.shape), generator=g).to(self.device)
 
     def sampler(self, kind: str, **params: Any) -> Any:
-        """A registered sampler with its config built from keyword parameters."""
+        """A registered sampler with its config built from keyword parameters (and the run's interpolant,
+        which the re-noising samplers need)."""
         from fmmkit.spec.loader import _component
 
         component = _component({"kind": kind, **params}, "sampler", "sampler", "sample", self.registry)
-        return self.registry.build("sampler", kind, component.config, BuildContext())
+        return self.registry.build("sampler", kind, component.config, BuildContext(interpolant=self.interpolant))
+
+    @property
+    def flow_map_sampler(self) -> str:
+        """The sampler of K-step samples: ``[sample] sampler``, or the loss's own when it is "auto"
+        (``consistency`` for losses that learn only X_{s,1}, ``flow_map`` otherwise)."""
+        if self.spec.sample.sampler != "auto":
+            return self.spec.sample.sampler
+        return getattr(self.registry.get("loss", self.spec.loss.kind).component, "default_sampler", "flow_map")
+
+    @property
+    def guidance_range(self) -> list[float] | None:
+        """[lo, hi] of the guidance scales the run was trained with as an input (variable guidance), else None."""
+        from fmmkit.spec.build import takes_guidance_input
+
+        if not takes_guidance_input(self.spec, self.data):
+            return None
+        return list(self.spec.loss.config.guidance.scale)
+
+    def condition(self, n: int, y: Tensor | None, guidance: float | None, seed: int | None = None,
+                  interval: tuple[float, float] = (0.0, 1.0)) -> Tensor | None:
+        """The model's input y for n samples at guidance scale w: labels y (uniformly random ones when
+        None), with w and the guidance interval for a run trained with variable guidance."""
+        if guidance is None:
+            return y
+        if self.guidance_range is None:
+            raise UserError(f"--guidance: {self.path} was not trained with the guidance scale as an input; train it "
+                            "with [loss.guidance] scale = [lo, hi] on labelled data (a fixed scale is baked into the map)")
+        from fmmkit.core.conditioning import condition
+
+        if y is None:
+            g = torch.Generator().manual_seed(seed if seed is not None else 0)
+            y = torch.randint(self.data.num_classes or 1, (n,), generator=g)
+        return condition(y.to(self.device), guidance, *interval)
 
     def sample(self, n: int, steps: int = 1, grid: list[float] | None = None, seed: int | None = None,
-               y: Tensor | None = None, solver: str | None = None) -> Tensor:
-        """n samples: K = ``steps`` flow-map jumps (or the ODE ``solver`` on the velocity)."""
-        return self.sample_result(n, steps=steps, grid=grid, seed=seed, y=y, solver=solver).x
+               y: Tensor | None = None, solver: str | None = None, guidance: float | None = None,
+               sampler: str | None = None) -> Tensor:
+        """n samples: K = ``steps`` jumps of the flow-map ``sampler`` (default :attr:`flow_map_sampler`;
+        or the ODE ``solver`` on the velocity), for labels y (random ones with ``guidance``) at guidance
+        scale ``guidance`` (runs trained with variable guidance).
+
+        Example:
+            >>> run = load_run("runs/checkerboard_guided_imf")  # doctest: +SKIP
+            >>> x = run.sample(1000, steps=1, guidance=2.5)      # doctest: +SKIP
+        """
+        return self.sample_result(n, steps=steps, grid=grid, seed=seed, y=y, solver=solver, guidance=guidance,
+                                  sampler=sampler).x
 
     def sample_result(self, n: int, steps: int = 1, grid: list[float] | None = None, seed: int | None = None,
-                      y: Tensor | None = None, solver: str | None = None) -> SampleResult:
+                      y: Tensor | None = None, solver: str | None = None, guidance: float | None = None,
+                      sampler: str | None = None) -> SampleResult:
         """Like ``sample`` but with the NFE used."""
         if solver is None:
             params: dict[str, Any] = {"grid": grid} if grid is not None else {"steps": steps}
-            sampler = self.sampler("flow_map", **params)
+            chosen = self.sampler(sampler or self.flow_map_sampler, **params)
         else:
-            sampler = self.sampler(solver, **({} if solver == "dopri5" else {"steps": steps}))
+            chosen = self.sampler(solver, **({} if solver == "dopri5" else {"steps": steps}))
+        x0 = self.noise(n, seed)
         with torch.no_grad():
-            return sampler(self.model, self.noise(n, seed), y)
+            return chosen(self.model, x0, self.condition(n, y, guidance, seed))
 
     def frozen_model(self) -> FlowMap:
         """A copy of the model in eval mode with gradients off (a distillation teacher)."""
@@ -89,6 +135,11 @@ def open_run(path: Path, spec: Spec, registry: Registry, device: torch.device, w
     data = data if data is not None else build_data(spec, registry)
     interpolant = interpolant if interpolant is not None else build_interpolant(spec, registry)
     model = build_model(spec, data, registry)
+    if not data.holds_data:  # a data-free run models (and is scored against) its teacher's data
+        try:
+            data = data.reference()
+        except UserError:
+            pass
     if isinstance(weights, Path):
         load_weights(model, weights)
     else:

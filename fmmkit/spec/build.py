@@ -8,13 +8,19 @@ built above, from these.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from fmmkit.core import BuildContext, DataSource, FlowMap, Interpolant, VelocityField
 from fmmkit.core.errors import EnvironmentProblem, UserError
+from fmmkit.core.flow_map import make_flow_map
 from fmmkit.registry import Registry
 from fmmkit.spec.errors import SpecError
 from fmmkit.spec.schema import Spec
+
+#: the data set of data-free specs (no ``[data]`` table)
+PRIOR_DATA = "prior"
 
 
 def data_problem(spec: Spec, exc: UserError) -> UserError:
@@ -28,9 +34,15 @@ def data_problem(spec: Spec, exc: UserError) -> UserError:
 
 
 def build_data(spec: Spec, registry: Registry) -> DataSource:
-    """The spec's data set (``[data]``); its errors name ``data.KEY`` of the spec."""
+    """The spec's data set (``[data]``); its errors name ``data.KEY`` of the spec. A data-free source
+    (``prior``) gets its teacher's data (shape, labels, reference)."""
+    ctx = BuildContext()
+    if not registry.get("dataset", spec.data.kind).component.holds_data:
+        from fmmkit.data.prior import TEACHER_DATA
+
+        ctx = BuildContext(extras={TEACHER_DATA: teacher_data(spec, registry)})
     try:
-        return registry.build("dataset", spec.data.kind, spec.data.config, BuildContext())
+        return registry.build("dataset", spec.data.kind, spec.data.config, ctx)
     except UserError as exc:
         if isinstance(exc, SpecError):
             raise
@@ -49,6 +61,29 @@ def check_data(spec: Spec, data: DataSource, load: bool = False) -> None:
         raise data_problem(spec, exc) from None
 
 
+def teacher_data(spec: Spec, registry: Registry) -> DataSource | None:
+    """The data a spec's teacher models: the data set a ``run`` teacher was trained on (built from its
+    resolved spec), the population of a ``gaussian`` teacher; None for other teachers."""
+    if spec.teacher is None:
+        return None
+    config = spec.teacher.config
+    if spec.teacher.kind == "run":
+        from fmmkit.runs.layout import SPEC_FILE
+        from fmmkit.spec.loader import read_toml, structure_spec
+
+        path = Path(config.run) / SPEC_FILE
+        if not path.is_file():
+            return None
+        return build_data(structure_spec(read_toml(path), str(path), registry, check_paths=False), registry)
+    if spec.teacher.kind == "gaussian":
+        from fmmkit.data.gaussian import GaussianData, GaussianDataConfig
+
+        dim = max(len(config.mean), len(config.std))
+        return GaussianData(GaussianDataConfig(dim=dim, mean=list(config.mean), std=list(config.std)))
+    return None
+
+
+
 def build_interpolant(spec: Spec, registry: Registry) -> Interpolant:
     """The spec's interpolant (``[interpolant]``)."""
     return registry.build("interpolant", spec.interpolant.kind, spec.interpolant.config, BuildContext())
@@ -62,10 +97,22 @@ def data_context(data: DataSource, interpolant: Interpolant | None = None, teach
                         teacher=teacher, extras=dict(extras))
 
 
+def takes_guidance_input(spec: Spec, data: DataSource) -> bool:
+    """Whether the backbone takes the guidance scale and interval as an input: the loss trains with
+    variable guidance (``[loss.guidance] scale = [lo, hi]``) on labelled data."""
+    guidance = getattr(spec.loss.config, "guidance", None)
+    return bool(guidance is not None and guidance.variable and data.num_classes)
+
+
 def build_model(spec: Spec, data: DataSource, registry: Registry) -> FlowMap:
-    """The flow map X_{s,t} = x + (t - s) v_{s,t} around the spec's backbone (``[model]``)."""
-    backbone = registry.build("backbone", spec.model.kind, spec.model.config, data_context(data))
-    return FlowMap(backbone)
+    """The flow map around the spec's backbone (``[model]``): X_{s,t} = x + (t - s) v_{s,t}, or the
+    parameterisation the loss asks for (``parameterization = "trigflow"``: sCM's TrigFlow map); the
+    backbone takes the guidance input when the loss trains with variable guidance."""
+    ctx = data_context(data)
+    ctx.guidance_input = takes_guidance_input(spec, data)
+    backbone = registry.build("backbone", spec.model.kind, spec.model.config, ctx)
+    parameterization = getattr(spec.loss.config, "parameterization", "average_velocity")
+    return make_flow_map(backbone, parameterization, getattr(spec.loss.config, "sigma_data", 1.0))
 
 
 #: Backbone config keys that name an attention backend (a registered component too).

@@ -15,12 +15,12 @@ import attrs
 import cattrs
 
 from fmmkit.core.validators import SpecValueError
-from fmmkit.spec.loader import CONVERTER, _format
+from fmmkit.spec.loader import CONVERTER, _formatter
 
 
 def _first_error(exc: BaseException) -> tuple[str, str]:
     """(dotted key, problem) of the first leaf of a cattrs validation error."""
-    line = cattrs.transform_error(exc, path="$", format_exception=_format)[0]  # type: ignore[arg-type]
+    line = cattrs.transform_error(exc, path="$", format_exception=_formatter(""))[0]  # type: ignore[arg-type]
     message, _, where = line.rpartition(" @ ")
     return where.removeprefix("$").lstrip("."), message
 

@@ -84,7 +84,19 @@ def make_converter() -> cattrs.Converter:
     conv.register_structure_hook(bool, _strict(bool, (bool,), "true or false"))
     conv.register_structure_hook(str, _strict(str, (str,), "a string"))
     conv.register_structure_hook_factory(_is_list, _list_factory)
+    conv.register_structure_hook(float | list[float], _number_or_range)
     return conv
+
+
+def _number_or_range(value: Any, _: Any) -> float | list[float]:
+    """A number, or an array of numbers (``[loss.guidance] scale = 2.0`` or ``scale = [1.0, 4.0]``)."""
+    number = _strict(float, (int, float), "a number")
+    if isinstance(value, list):
+        return [number(v, float) for v in value]
+    try:
+        return number(value, float)
+    except TypeError:
+        raise TypeError(f"expected a number or an array of numbers, got {value!r} ({_type_name(value)})") from None
 
 
 CONVERTER = make_converter()
@@ -184,28 +196,33 @@ def _teacher(table: Any, origin: str, registry: Registry, base_dir: Path | None,
     if not isinstance(table, dict):
         raise SpecError.at(origin, "teacher", f"expected a table, got {table!r}")
     if "run" in table and table.get("kind", RUN_TEACHER) == RUN_TEACHER:
-        extra = sorted(set(table) - {"run", "kind"})
+        extra = sorted(set(table) - {"run", "kind", "guide_run", "guide_weight"})
         if extra:
-            raise SpecError.at(origin, f"teacher.{extra[0]}", "unknown key; a run teacher takes only run = \"RUN_DIR\"")
-        run = table["run"]
-        if not isinstance(run, str):
-            raise SpecError.at(origin, "teacher.run", f"expected a string path, got {run!r}")
-        path = Path(run).expanduser()
-        if not path.is_absolute() and base_dir is not None and not path.exists() and (base_dir / path).exists():
-            path = base_dir / path
-        teacher = _component({"kind": RUN_TEACHER, "run": str(path.resolve())}, "teacher", "teacher", origin, registry)
-        missing = registry.get("teacher", RUN_TEACHER).component.missing(teacher.config) if check_paths else []
-        if missing:
-            raise SpecError.at(
-                origin,
-                "teacher.run",
-                f"no trained run at '{run}' (missing {', '.join(missing)}); train the teacher first "
-                "(fmmkit train TEACHER_SPEC --out DIR) and point run at DIR",
-            )
-        return teacher
+            raise SpecError.at(origin, f"teacher.{extra[0]}", "unknown key; a run teacher takes run = \"RUN_DIR\" "
+                               "(and guide_run = \"WEAK_RUN_DIR\", guide_weight = w for autoguidance)")
+        resolved = {key: _run_path(table[key], f"teacher.{key}", origin, base_dir, check_paths)
+                    for key in ("run", "guide_run") if key in table}
+        params = {**table, **resolved, "kind": RUN_TEACHER}
+        return _component(params, "teacher", "teacher", origin, registry)
     if "kind" in table:
         return _component(table, "teacher", "teacher", origin, registry)
     raise SpecError.at(origin, "teacher", "needs run = \"RUN_DIR\" (a trained run) or kind = \"...\" (a registered teacher)")
+
+
+def _run_path(run: Any, key: str, origin: str, base_dir: Path | None, check_paths: bool) -> str:
+    """A run directory named at ``key``, resolved against the spec's folder and checked to hold a trained run."""
+    from fmmkit.runs.layout import missing_run_files
+
+    if not isinstance(run, str):
+        raise SpecError.at(origin, key, f"expected a string path, got {run!r}")
+    path = Path(run).expanduser()
+    if not path.is_absolute() and base_dir is not None and not path.exists() and (base_dir / path).exists():
+        path = base_dir / path
+    missing = missing_run_files(path)
+    if missing and check_paths:
+        raise SpecError.at(origin, key, f"no trained run at '{run}' (missing {', '.join(missing)}); train the teacher "
+                           "first (fmmkit train TEACHER_SPEC --out DIR) and point run at DIR")
+    return str(path.resolve())
 
 
 def _section(table: Any, cls: type, path: str, origin: str, registry: Registry) -> Any:
@@ -268,15 +285,29 @@ def structure_spec(raw: dict[str, Any], origin: str = "<dict>", registry: Regist
               for key, (given, items, kind) in defaults.items() if not given}
     if filled:
         spec = attrs.evolve(spec, eval=attrs.evolve(spec.eval, **filled))
-    _check_cross_references(spec, origin, registry)
+    _check_cross_references(spec, origin, registry, data_given="data" in raw)
     return spec
 
 
-def _check_cross_references(spec: Spec, origin: str, registry: Registry) -> None:
+def _check_cross_references(spec: Spec, origin: str, registry: Registry, data_given: bool = True) -> None:
     loss = registry.get("loss", spec.loss.kind).component
+    if getattr(loss, "needs_data", True) and not registry.get("dataset", spec.data.kind).component.holds_data:
+        datasets = ", ".join(n for n in registry.names("dataset") if registry.get("dataset", n).component.holds_data)
+        free = ", ".join(n for n in registry.names("loss") if not getattr(registry.get("loss", n).component, "needs_data", True))
+        where = "missing table [data]" if not data_given else f"'{spec.data.kind}' holds no data"
+        raise SpecError.at(origin, "data", f"{where}, but loss '{spec.loss.kind}' trains on data: add [data] with "
+                           f"kind = one of: {datasets} (only data-free losses run without: {free})")
     if getattr(loss, "requires_teacher", False) and spec.teacher is None:
         raise SpecError.at(origin, "teacher", f"loss '{spec.loss.kind}' distills a teacher; add [teacher] with "
                            "run = \"RUN_DIR\" of a trained teacher run")
+    if spec.sample.sampler != "auto":
+        try:
+            sampler = registry.get("sampler", spec.sample.sampler).component
+        except RegistryError as exc:
+            raise SpecError.at(origin, "sample.sampler", str(exc)) from None
+        if not getattr(sampler, "uses_flow_map", False):
+            raise SpecError.at(origin, "sample.sampler", f"'{spec.sample.sampler}' integrates the velocity; name a "
+                               "flow-map sampler (flow_map, consistency, stochastic_flow_map) or \"auto\"")
 
 
 def _attribute_to_overrides(exc: SpecError, origin: str, overrides: list[str] | tuple[str, ...]) -> SpecError:
@@ -398,6 +429,8 @@ def spec_to_dict(spec: Spec) -> dict[str, Any]:
             continue
         if field.name == "teacher" and value.kind == RUN_TEACHER:
             out[field.name] = {"run": value.config.run}  # as written: a run teacher needs no kind
+            if value.config.guide_run:
+                out[field.name].update(guide_run=value.config.guide_run, guide_weight=value.config.guide_weight)
         elif isinstance(value, ComponentSpec):
             out[field.name] = _unstructure_component(value)
         else:

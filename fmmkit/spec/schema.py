@@ -90,9 +90,13 @@ class TrainConfig:
 
 @attrs.define(frozen=True)
 class SampleConfig:
-    """Flow-map step counts drawn for pictures and evaluation; points per picture panel; the ODE panel."""
+    """Flow-map step counts drawn for pictures and evaluation; points per picture panel; the ODE panel;
+    sampler: the flow-map sampler of the k-step rows ("auto": the loss's own — ``flow_map``, or
+    ``consistency`` for losses that learn only X_(s,1) —, or any registered flow-map sampler such as
+    ``stochastic_flow_map``)."""
 
     steps: list[int] = attrs.field(factory=lambda: [1, 2, 4, 8], validator=each(positive))
+    sampler: str = "auto"
     num_pictures: int = attrs.field(default=4000, validator=positive)
     picture_solver: str = "midpoint"
     picture_solver_steps: int = attrs.field(default=50, validator=positive)
@@ -104,13 +108,16 @@ class EvalConfig:
 
     ``metrics`` and ``ode`` are lists of registered components, each a name (its default parameters)
     or a table with ``kind`` and parameters: ``metrics = ["energy_distance", {kind = "sliced_w2",
-    projections = 256}]``; empty lists get DEFAULT_METRICS and DEFAULT_ODE_SOLVERS.
+    projections = 256}]``; empty lists get DEFAULT_METRICS and DEFAULT_ODE_SOLVERS. ``guidance``: the
+    scales of the guidance sweep of a run trained with variable guidance (empty: the ends and the
+    middle of its training range), each sampled with the reference's labels.
     """
 
     num_samples: int = attrs.field(default=20000, validator=at_least(2))
     metrics: list[ComponentSpec] = attrs.field(factory=list, metadata={"components": "metric"})
     ode: list[ComponentSpec] = attrs.field(factory=list, metadata={"components": "sampler"})
     seed: int = attrs.field(default=1234, validator=seed_in_range)
+    guidance: list[float] = attrs.field(factory=list, validator=each(non_negative))
 
 
 def _check_decays(instance: Any, attribute: attrs.Attribute[Any], value: list[float]) -> None:
@@ -186,7 +193,8 @@ DEFAULT_ODE_SOLVERS: list[dict[str, Any]] = [
 class Spec:
     """A whole run: what to train on, with which model and loss, and how to train and evaluate it."""
 
-    data: ComponentSpec = attrs.field(metadata={"component": "dataset"})
+    #: No ``[data]`` table: the ``prior`` (no data), for data-free losses only (FreeFlow).
+    data: ComponentSpec = attrs.field(metadata={"component": "dataset", "default_kind": "prior"})
     loss: ComponentSpec = attrs.field(metadata={"component": "loss"})
     interpolant: ComponentSpec = attrs.field(metadata={"component": "interpolant", "default_kind": "linear"})
     model: ComponentSpec = attrs.field(metadata={"component": "backbone", "default_kind": "mlp"})

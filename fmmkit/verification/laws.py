@@ -80,7 +80,7 @@ def eulerian_residual(fm: FlowMapLike, field: VelocityField, x: Tensor, s: Tenso
                       y: Tensor | None = None, method: DerivativeMethod = "jvp") -> tuple[Tensor, Tensor]:
     """(d/ds X_{s,t}(x) + grad_x X_{s,t}(x) b_s(x), b_s(x)): one JVP in (s, x) with tangent (1, b_s(x))."""
     b = field.velocity(x, s, y).detach()
-    _, residual = eulerian_derivative(_as_model(fm), x, s, t, b, y=y, method=method)
+    _, residual = eulerian_derivative(_as_model(fm), x, s, t, dx=b, y=y, method=method)
     return residual, b
 
 
