@@ -1,0 +1,89 @@
+"""Tiny randomly initialised models for the pretrained-teacher tests (nothing is downloaded).
+
+Factories here are importable as ``"pretrained_helpers:NAME"`` while pytest runs (tests/ is on sys.path).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+#: a UNet2DModel config small enough for CPU tests on (1, 8, 8) images
+TINY_UNET: dict[str, Any] = {
+    "sample_size": 8, "in_channels": 1, "out_channels": 1, "layers_per_block": 1,
+    "block_out_channels": [8, 16], "down_block_types": ["DownBlock2D", "AttnDownBlock2D"],
+    "up_block_types": ["AttnUpBlock2D", "UpBlock2D"], "norm_num_groups": 4, "attention_head_dim": 8,
+}
+#: a DiTTransformer2DModel config for (4, 4, 4) latents, 10 classes, learned variance (out_channels = 8)
+TINY_DIT: dict[str, Any] = {
+    "num_attention_heads": 2, "attention_head_dim": 8, "in_channels": 4, "out_channels": 8, "num_layers": 1,
+    "sample_size": 4, "patch_size": 2, "num_embeds_ada_norm": 10, "norm_num_groups": 4,
+}
+
+
+def randomise(module: nn.Module, seed: int = 0, scale: float = 0.05) -> nn.Module:
+    """Perturb every parameter (diffusers zero-initialises output layers, which would make outputs 0)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g))
+    return module
+
+
+def save_unet_folder(root: Path, scheduler: Any, **config: Any) -> Path:
+    """A pipeline-shaped folder: root/unet (a random tiny UNet2DModel) and root/scheduler."""
+    from diffusers import UNet2DModel
+
+    torch.manual_seed(0)
+    unet = randomise(UNet2DModel(**{**TINY_UNET, **config}))
+    unet.save_pretrained(root / "unet")
+    scheduler.save_pretrained(root / "scheduler")
+    return root
+
+
+def save_dit_folder(root: Path, scheduler: Any, **config: Any) -> Path:
+    """root/transformer (a random tiny DiTTransformer2DModel) and root/scheduler."""
+    from diffusers import DiTTransformer2DModel
+
+    torch.manual_seed(0)
+    dit = randomise(DiTTransformer2DModel(**{**TINY_DIT, **config}))
+    dit.save_pretrained(root / "transformer")
+    scheduler.save_pretrained(root / "scheduler")
+    return root
+
+
+class TimeConv(nn.Module):
+    """A small network f(x, time[, y]) -> shaped like x (2 * channels with ``double_output``)."""
+
+    def __init__(self, channels: int = 1, classes: int = 0, double_output: bool = False) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels * (2 if double_output else 1), 3, padding=1)
+        self.time = nn.Linear(1, channels * (2 if double_output else 1))
+        self.label = nn.Embedding(classes + 1, channels * (2 if double_output else 1)) if classes else None
+
+    def forward(self, x: Tensor, time: Tensor, y: Tensor | None = None) -> Tensor:
+        h = self.conv(x) + self.time(time[:, None].to(x.dtype))[:, :, None, None]
+        if self.label is not None and y is not None:
+            h = h + self.label(y)[:, :, None, None]
+        return h
+
+
+def time_conv(channels: int = 1, classes: int = 0, double_output: bool = False) -> TimeConv:
+    torch.manual_seed(0)
+    return TimeConv(channels, classes, double_output)
+
+
+def raising_factory() -> nn.Module:
+    raise RuntimeError("this factory always fails")
+
+
+def not_a_module() -> int:
+    return 3
+
+
+def unet_kwargs(**config: Any) -> dict[str, Any]:
+    """TINY_UNET as TOML-friendly kwargs of diffusers.UNet2DModel."""
+    return {**TINY_UNET, **config}
