@@ -87,3 +87,20 @@ def not_a_module() -> int:
 def unet_kwargs(**config: Any) -> dict[str, Any]:
     """TINY_UNET as TOML-friendly kwargs of diffusers.UNet2DModel."""
     return {**TINY_UNET, **config}
+
+
+#: an AutoencoderKL config for (1, 8, 8) images -> (4, 4, 4) latents
+TINY_VAE: dict[str, Any] = {
+    "in_channels": 1, "out_channels": 1, "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D"],
+    "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D"], "block_out_channels": [8, 16], "latent_channels": 4,
+    "norm_num_groups": 4, "layers_per_block": 1, "sample_size": 8, "scaling_factor": 0.5, "shift_factor": 0.1,
+}
+
+
+def save_vae_folder(root: Path, **config: Any) -> Path:
+    """root: a random tiny AutoencoderKL written by save_pretrained."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    AutoencoderKL(**{**TINY_VAE, **config}).save_pretrained(root)
+    return root

@@ -57,6 +57,17 @@ def make_converter() -> cattrs.Converter:
 CONVERTER = make_converter()
 
 
+def _component_passthrough(value: Any, _: Any) -> ComponentSpec:
+    """Nested component tables are structured (through the registry) before cattrs sees them."""
+    if not isinstance(value, ComponentSpec):
+        raise TypeError(f"expected a table with kind = \"...\", got {value!r}")
+    return value
+
+
+CONVERTER.register_structure_hook(ComponentSpec, _component_passthrough)
+CONVERTER.register_unstructure_hook(ComponentSpec, lambda c: {"kind": c.kind, **CONVERTER.unstructure(c.config)})
+
+
 def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
@@ -130,6 +141,10 @@ def _component(table: Any, kind: str, path: str, origin: str, registry: Registry
     except RegistryError as exc:
         raise SpecError.at(origin, _join(path, "kind"), str(exc)) from None
     params = {k: v for k, v in table.items() if k != "kind"}
+    for field in attrs.fields(attrs.resolve_types(entry.config)) if attrs.has(entry.config) else ():
+        nested = field.metadata.get("component")  # a component table inside a component, e.g. [data.source]
+        if nested and field.name in params:
+            params[field.name] = _component(params[field.name], nested, _join(path, field.name), origin, registry)
     return ComponentSpec(kind=name, config=_structure(params, entry.config, path, origin))
 
 
@@ -287,7 +302,7 @@ def load_spec(source: str | Path | dict[str, Any] | Spec, overrides: list[str] |
 
 
 def _unstructure_component(component: ComponentSpec) -> dict[str, Any]:
-    return {"kind": component.kind, **CONVERTER.unstructure(component.config)}
+    return CONVERTER.unstructure(component)
 
 
 def spec_to_dict(spec: Spec) -> dict[str, Any]:
