@@ -104,3 +104,39 @@ def save_vae_folder(root: Path, **config: Any) -> Path:
     torch.manual_seed(0)
     AutoencoderKL(**{**TINY_VAE, **config}).save_pretrained(root)
     return root
+
+
+class SecondTimeConv(TimeConv):
+    """TimeConv following fmmkit's second-time protocol: enable_second_time() adds a zero-initialised embedding."""
+
+    def __init__(self, channels: int = 1, classes: int = 0) -> None:
+        super().__init__(channels, classes)
+        self.second: nn.Module | None = None
+
+    def enable_second_time(self) -> None:
+        self.second = nn.Sequential(nn.Linear(1, 8), nn.SiLU(), nn.Linear(8, self.conv.out_channels))
+        nn.init.zeros_(self.second[2].weight)
+        nn.init.zeros_(self.second[2].bias)
+
+    def forward(self, x: Tensor, time: Tensor, y: Tensor | None = None, second_time: Tensor | None = None) -> Tensor:
+        h = super().forward(x, time, y)
+        if self.second is not None and second_time is not None:
+            h = h + self.second(second_time[:, None].to(x.dtype))[:, :, None, None]
+        return h
+
+
+def second_time_conv(channels: int = 1, classes: int = 0) -> SecondTimeConv:
+    torch.manual_seed(0)
+    return SecondTimeConv(channels, classes)
+
+
+class LeakySecondTime(TimeConv):
+    """Breaks the protocol: its second-time embedding is not zero-initialised."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.second = nn.Linear(1, 1)
+
+    def forward(self, x: Tensor, time: Tensor, y: Tensor | None = None, second_time: Tensor | None = None) -> Tensor:
+        h = super().forward(x, time, y)
+        return h if second_time is None else h + self.second(second_time[:, None])[:, :, None, None]

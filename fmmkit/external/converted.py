@@ -135,3 +135,22 @@ class ConvertedVelocity(nn.Module):
     def velocity(self, x: Tensor, t: Tensor | float, y: Tensor | None = None) -> Tensor:
         """The guided velocity b^w_t(x | y)."""
         return guided_velocity(_Unguided(self.unguided_velocity), x, t, y, self.guidance)  # type: ignore[arg-type]
+
+    def check(self, data_shape: tuple[int, ...], num_classes: int | None) -> None:
+        """One probe pass at t = 1/2 on zeros of the data's shape: a module that cannot be called on this data
+        (signature, channels, size) or returns the wrong shape is a one-line ModuleLoadError."""
+        device = next(iter(self.parameters()), torch.zeros(())).device
+        x = torch.zeros((2, *data_shape), device=device)
+        y = torch.zeros(2, dtype=torch.long, device=device) if num_classes else None
+        try:
+            with torch.no_grad():
+                self.unguided_velocity(x, torch.full((2,), 0.5, device=device), y)
+        except ModuleLoadError:
+            raise
+        except Exception as exc:
+            labels = ", y" if y is not None else ""
+            raise ModuleLoadError(
+                f"{self.call.where}: calling the module as module(x, time{labels}) on data of shape {tuple(data_shape)} "
+                f"failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}); check that it was "
+                "built for this data (channels, size, classes) and takes (x, time[, y]), or wrap it in a factory that does"
+            ) from None

@@ -33,7 +33,6 @@ from fmmkit.external.diffusers_folder import (
 )
 from fmmkit.external.modules import ModuleLoadError, frozen
 from fmmkit.hookspecs import hookimpl
-from fmmkit.teachers.torch_module import check_teacher
 
 
 @attrs.define(frozen=True)
@@ -77,7 +76,7 @@ class DiffusersTeacher(Component):
         call = ModuleCall("teacher", learned_variance=learns_variance(network), num_classes=ctx.num_classes,
                           null_label=null, takes_labels=takes_labels)
         teacher = ConvertedVelocity(network, conversion, call, config.guidance)
-        check_teacher(teacher, ctx, "teacher")
+        teacher.check(ctx.data_shape, ctx.num_classes)
         return teacher
 
 
