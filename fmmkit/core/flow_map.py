@@ -33,6 +33,8 @@ class Backbone(nn.Module, Component):
     """
 
     supports_forward_ad: bool = True
+    #: set by :meth:`enable_second_time` (the architecture then has the second-time embedding)
+    second_time_enabled: bool = False
 
     def forward(self, x: Tensor, s: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:  # noqa: D102
         raise NotImplementedError

@@ -164,6 +164,7 @@ class DiT(AttentionBackbone):
         """Start-from-teacher opt-in (:meth:`fmmkit.core.Backbone.enable_second_time`): c(s, t, y) becomes the
         diagonal conditioning at t plus a zero-initialised embedding of the second time."""
         self.cond.enable_second_time()
+        self.second_time_enabled = True
 
     def forward(self, x: Tensor, s: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         assert x.shape[1:] == self.shape, f"dit expects images of shape {self.shape}, got {tuple(x.shape[1:])}"

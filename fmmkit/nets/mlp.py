@@ -56,6 +56,7 @@ class MLP(Backbone):
             cfg = self.config
             self.second = SecondTimeEmbedding(cfg.time_dim, cfg.width, cfg.time_embedding, cfg.max_frequency)
             self.second.to(self.inp.weight.device)
+        self.second_time_enabled = True
 
     @classmethod
     def build(cls, config: MLPConfig, ctx: BuildContext) -> MLP:

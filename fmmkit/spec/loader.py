@@ -148,6 +148,13 @@ def _component(table: Any, kind: str, path: str, origin: str, registry: Registry
     return ComponentSpec(kind=name, config=_structure(params, entry.config, path, origin))
 
 
+def structure_component(table: dict[str, Any], kind: str, path: str, origin: str = "<dict>",
+                        registry: Registry | None = None) -> ComponentSpec:
+    """A component table ``{"kind": NAME, ...}`` of ``kind`` ("backbone", "dataset", ...) as a validated
+    :class:`ComponentSpec`; SpecError naming ``origin`` and the key ``path`` on a mistake."""
+    return _component(table, kind, path, origin, registry or get_registry())
+
+
 def _teacher(table: Any, origin: str, registry: Registry, base_dir: Path | None, check_paths: bool = True) -> TeacherSpec:
     if not isinstance(table, dict):
         raise SpecError.at(origin, "teacher", f"expected a table, got {table!r}")
