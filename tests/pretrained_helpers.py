@@ -140,3 +140,19 @@ class LeakySecondTime(TimeConv):
     def forward(self, x: Tensor, time: Tensor, y: Tensor | None = None, second_time: Tensor | None = None) -> Tensor:
         h = super().forward(x, time, y)
         return h if second_time is None else h + self.second(second_time[:, None])[:, :, None, None]
+
+
+class ScaledGaussianVelocity(nn.Module):
+    """The exact velocity of N(0.5, 0.3^2) data under the linear interpolant, for a module that is fed
+    ``input_scale * x`` and whose output is multiplied by ``output_scale`` afterwards."""
+
+    def __init__(self, input_scale: float = 1.0, output_scale: float = 1.0) -> None:
+        super().__init__()
+        from fmmkit.exact import GaussianFlowMap
+        from fmmkit.interpolants.linear import LinearInterpolant
+
+        self.exact = GaussianFlowMap(LinearInterpolant(), torch.tensor(0.5), torch.tensor(0.3))
+        self.input_scale, self.output_scale = input_scale, output_scale
+
+    def forward(self, x: Tensor, time: Tensor) -> Tensor:
+        return self.exact.velocity(x / self.input_scale, time) / self.output_scale

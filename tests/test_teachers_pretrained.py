@@ -197,3 +197,39 @@ def test_spec_level_validation_of_the_conversion_keys() -> None:
     assert problem({"prediction": "eps", "process": "vp"}).startswith("<dict>: teacher.prediction: must be one of")
     assert "applies to process = 'vp'" in problem({"prediction": "epsilon", "process": "edm", "schedule": "cosine"})
     assert "edm_denoiser is EDM's preconditioning" in problem({"prediction": "edm_denoiser", "process": "vp"})
+
+
+def test_input_and_output_scales_reach_the_module() -> None:
+    from fmmkit.exact import GaussianFlowMap
+    from fmmkit.interpolants.linear import LinearInterpolant
+
+    ctx = BuildContext(data_shape=(3,))
+    teacher = module_teacher(ctx, factory="pretrained_helpers:ScaledGaussianVelocity",
+                             kwargs={"input_scale": 2.0, "output_scale": 0.25}, input_scale=2.0, output_scale=0.25,
+                             prediction="velocity", process="linear", time_direction="noise_at_0")
+    x, t = torch.randn(8, 3), torch.rand(8)
+    want = GaussianFlowMap(LinearInterpolant(), torch.tensor(0.5), torch.tensor(0.3)).velocity(x, t)
+    torch.testing.assert_close(teacher.velocity(x, t), want)
+
+
+def test_null_rows_without_a_null_label_get_an_unlabelled_pass() -> None:
+    ctx = BuildContext(data_shape=(1, 8, 8), num_classes=3)
+    teacher = module_teacher(ctx, factory="pretrained_helpers:time_conv", kwargs={"classes": 3},
+                             prediction="velocity", process="linear", time_direction="noise_at_0")
+    x, t, y = torch.randn(4, 1, 8, 8), torch.rand(4), torch.tensor([0, 3, 1, 3])  # 3 = fmmkit's null class
+    with torch.no_grad():
+        got = teacher.velocity(x, t, y)
+        labelled = teacher.module(x, t, torch.tensor([0, 0, 1, 0]))
+        unlabelled = teacher.module(x, t)
+    assert torch.equal(got[[0, 2]], labelled[[0, 2]]) and torch.equal(got[[1, 3]], unlabelled[[1, 3]])
+
+
+def test_docstring_examples_run() -> None:
+    import doctest
+
+    import fmmkit.conversion.predictions
+    import fmmkit.external.converted
+
+    for module in (fmmkit.conversion.predictions, fmmkit.external.converted):
+        result = doctest.testmod(module)
+        assert result.attempted > 0 and result.failed == 0, module.__name__
