@@ -11,7 +11,7 @@ import torch
 from pretrained_helpers import save_vae_folder
 
 from fmmkit.core import BuildContext
-from fmmkit.data._errors import DataError
+from fmmkit.data.errors import DataError
 from fmmkit.data.latent import MANIFEST, Latent, shard_name
 from fmmkit.registry import get_registry
 from fmmkit.spec import SpecError, load_spec, spec_to_toml

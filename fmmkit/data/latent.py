@@ -31,7 +31,7 @@ from torch import Tensor
 
 from fmmkit.core import Batch, BuildContext, DataSource
 from fmmkit.core.validators import SpecValueError, at_least, one_of, positive
-from fmmkit.data._errors import DataError
+from fmmkit.data.errors import DataError
 from fmmkit.external.modules import ModuleSource
 from fmmkit.external.vae import Autoencoder, diffusers_autoencoder, module_autoencoder
 from fmmkit.hookspecs import hookimpl
@@ -178,7 +178,7 @@ class Latent(DataSource):
         """Encode every image into the shard cache, skipping shards already there (resumable)."""
         from tqdm.auto import tqdm
 
-        from fmmkit.runs import atomic_write_text, save_tensors
+        from fmmkit.runs.files import atomic_write_text, save_tensors
 
         manifest = self.cache / MANIFEST
         if manifest.is_file():

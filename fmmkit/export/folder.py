@@ -79,7 +79,9 @@ def _eval_rows(run_dir: Path) -> list[dict[str, Any]] | None:
 def export_run(run_dir: str | Path, out: str | Path, format: ExportFormat = "fmmkit", overwrite: bool = False,
                command: str | None = None) -> Path:
     """Write the export of the run at ``run_dir`` into ``out`` (module docstring); returns ``out``."""
-    from fmmkit.runs import SPEC_FILE, atomic_write_text, load_run, save_tensors
+    from fmmkit.runs.files import atomic_write_text, save_tensors
+    from fmmkit.runs.layout import SPEC_FILE
+    from fmmkit.runs.run import load_run
 
     if format not in EXPORT_FORMATS:
         raise UserError(f"--format {format}: choose one of {', '.join(EXPORT_FORMATS)}")

@@ -12,7 +12,7 @@ improved DDPM): ``learned_variance`` keeps the first C, its prediction.
 Labels: fmmkit's classes are 0..K-1 and the null class K (or ``y = None``) asks for the unconditional
 output. Those rows get the module's ``null_label`` (DiT: 1000) when it is set, else the module is
 called without labels for them. Guidance w (Ho & Salimans 2022) gives
-b = b(x | null) + w (b(x | y) - b(x | null)) through :func:`fmmkit.guidance.guided_velocity`.
+b = b(x | null) + w (b(x | y) - b(x | null)) through :func:`fmmkit.losses.guidance.guided_velocity`.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from fmmkit.conversion import Conversion
 from fmmkit.external.modules import ModuleLoadError
-from fmmkit.guidance import guided_velocity
+from fmmkit.losses.guidance import guided_velocity
 
 
 def module_output(out: Any) -> Tensor:
