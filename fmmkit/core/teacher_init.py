@@ -29,16 +29,19 @@ def enable_second_time(backbone: nn.Module, where: str = "model.init_from") -> s
     if not before <= after:
         raise TeacherInitError(f"{where}: {type(backbone).__name__}.enable_second_time() removed parameters "
                                f"{sorted(before - after)[:3]}; it may only add the new embedding")
-    return after - before
+    added = after - before
+    backbone.second_time_parameters = frozenset(added)  # type: ignore[assignment]
+    return added
 
 
-def load_teacher_state(backbone: nn.Module, state: dict[str, Tensor], added: set[str], source: str,
+def load_teacher_state(backbone: nn.Module, state: dict[str, Tensor], added: set[str] | None, source: str,
                        where: str = "model.init_from") -> None:
     """Load a teacher's weights into a backbone after :func:`enable_second_time`.
 
-    Every parameter but the ``added`` ones must be in ``state`` with the same shape; ``state`` may also hold
-    added ones (a two-time teacher), which are loaded too.
+    Every parameter but the ``added`` ones (default: those :func:`enable_second_time` recorded) must be in
+    ``state`` with the same shape; ``state`` may also hold added ones (a two-time teacher), loaded too.
     """
+    added = set(added if added is not None else getattr(backbone, "second_time_parameters", ()))
     own = backbone.state_dict()
     missing = sorted(k for k in own if k not in state and k not in added)
     unexpected = sorted(k for k in state if k not in own)
@@ -71,3 +74,15 @@ def check_starts_at_teacher(model: nn.Module, teacher: nn.Module, shape: tuple[i
         raise TeacherInitError(f"{where}: at step 0 the student's v_s,t differs from the teacher's velocity by {gap:.2e} "
                                "(relative); its second-time embedding must start at zero (see fmmkit.nets.torch_module)")
     return gap
+
+
+def teacher_state(teacher: nn.Module, where: str = "model.init_from") -> dict[str, Tensor]:
+    """The backbone weights a student starts from: a flow map's backbone, or a converted module's ("module.*")."""
+    backbone = getattr(teacher, "backbone", None)
+    if isinstance(backbone, nn.Module):
+        return backbone.state_dict()
+    if isinstance(getattr(teacher, "module", None), nn.Module):
+        return teacher.state_dict()
+    raise TeacherInitError(f"{where}: the teacher ({type(teacher).__name__}) has no network weights to start from; "
+                           "give a run directory or a .safetensors file, or drop init_from")
+

@@ -94,7 +94,8 @@ class Latent(DataSource):
     def build(cls, config: LatentConfig, ctx: BuildContext) -> Latent:
         from fmmkit.registry import get_registry
 
-        source = get_registry().build("dataset", config.source.kind, config.source.config, ctx)
+        registry = ctx.extras.get("registry") or get_registry()
+        source = registry.build("dataset", config.source.kind, config.source.config, ctx)
         if len(source.shape) != 3 or not hasattr(source, "pixels") or not hasattr(source, "to_model_space"):
             raise DataError(f"data.source: latent needs an image data set that holds its images (digits, mnist, "
                             f"fashion_mnist, cifar10, image_folder); '{config.source.kind}' does not")

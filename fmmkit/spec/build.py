@@ -10,12 +10,19 @@ from __future__ import annotations
 
 from fmmkit.core import BuildContext, DataSource, FlowMap, Interpolant, VelocityField
 from fmmkit.registry import Registry
+from fmmkit.spec.errors import SpecError
 from fmmkit.spec.schema import Spec
 
 
 def build_data(spec: Spec, registry: Registry) -> DataSource:
-    """The spec's data set (``[data]``)."""
-    return registry.build("dataset", spec.data.kind, spec.data.config, BuildContext())
+    """The spec's data set (``[data]``); a data set that reads other models (a latent set's VAE) reports a
+    mistake with the spec file in front of its key path."""
+    from fmmkit.external.modules import ModuleLoadError
+
+    try:
+        return registry.build("dataset", spec.data.kind, spec.data.config, BuildContext(extras={"registry": registry}))
+    except ModuleLoadError as exc:
+        raise SpecError([f"{spec.source}: {exc}"]) from None
 
 
 def build_interpolant(spec: Spec, registry: Registry) -> Interpolant:
@@ -34,4 +41,8 @@ def data_context(data: DataSource, interpolant: Interpolant | None = None, teach
 def build_model(spec: Spec, data: DataSource, registry: Registry) -> FlowMap:
     """The flow map X_{s,t} = x + (t - s) v_{s,t} around the spec's backbone (``[model]``)."""
     backbone = registry.build("backbone", spec.model.kind, spec.model.config, data_context(data))
+    if spec.init_from is not None:  # the second-time form a student that starts from a teacher trains in
+        from fmmkit.core.teacher_init import enable_second_time
+
+        enable_second_time(backbone)
     return FlowMap(backbone)

@@ -202,6 +202,73 @@ def _section(table: Any, cls: type, path: str, origin: str, registry: Registry) 
     return attrs.evolve(plain, **updates) if updates else plain
 
 
+def _teacher_hook(teacher: ComponentSpec | None, hook: str, registry: Registry) -> Any:
+    """What the teacher's component says through an optional classmethod ``hook(config)`` (None without one)."""
+    if teacher is None:
+        return None
+    method = getattr(registry.get("teacher", teacher.kind).component, hook, None)
+    return method(teacher.config) if method is not None else None
+
+
+def _init_from(value: Any, teacher: ComponentSpec | None, origin: str, base_dir: Path | None, check_paths: bool) -> str:
+    """``[model] init_from``: "teacher", or a run directory / safetensors file (resolved like teacher.run)."""
+    from fmmkit.runs.layout import RUN_MARKERS
+
+    key = "model.init_from"
+    if not isinstance(value, str):
+        raise SpecError.at(origin, key, f"expected \"teacher\", a run directory or a .safetensors file, got {value!r}")
+    if value == "teacher":
+        if teacher is None:
+            raise SpecError.at(origin, key, "\"teacher\" needs a [teacher] table; add one, or give a run directory "
+                                            "or a .safetensors file")
+        return value
+    path = Path(value).expanduser()
+    if not path.is_absolute() and base_dir is not None and not path.exists() and (base_dir / path).exists():
+        path = base_dir / path
+    if check_paths:
+        if path.is_dir() and any(not (path / m).is_file() for m in RUN_MARKERS):
+            raise SpecError.at(origin, key, f"'{value}' is not a trained run (no {', '.join(RUN_MARKERS)})")
+        if not path.is_dir() and (not path.is_file() or path.suffix != ".safetensors"):
+            raise SpecError.at(origin, key, f"no run directory or .safetensors file at '{value}'; give \"teacher\", a "
+                                            "run directory or a local .safetensors file")
+    return str(path.resolve())
+
+
+def _student_tables(raw: dict[str, Any], teacher: ComponentSpec | None, origin: str, registry: Registry,
+                    base_dir: Path | None, check_paths: bool) -> tuple[dict[str, Any], str | None]:
+    """``raw`` with the tables a teacher implies, and ``[model] init_from``:
+
+    - no [interpolant]: the one of the teacher's process (a converted teacher's ``interpolant_kind``); a
+      different one named is refused, since the student must train on the teacher's marginals;
+    - ``init_from = "teacher"`` with no [model] kind: the teacher's architecture (``student_model``).
+    """
+    raw = dict(raw)
+    required = _teacher_hook(teacher, "interpolant_kind", registry)
+    if required is not None:
+        table = raw.get("interpolant")
+        if table is None:
+            raw["interpolant"] = {"kind": required}
+        elif isinstance(table, dict) and (table.get("kind", "linear") != required or table.get("noise", 0.0) != 0.0):
+            assert teacher is not None
+            raise SpecError.at(origin, "interpolant.kind", f"the {teacher.kind} teacher's process is fmmkit's "
+                               f"'{required}' interpolant (noise = 0), and the student must train on its marginals; "
+                               f"set kind = \"{required}\" or remove [interpolant]")
+    model = raw.get("model")
+    if not isinstance(model, dict) or "init_from" not in model:
+        return raw, None
+    model = dict(model)
+    init_from = _init_from(model.pop("init_from"), teacher, origin, base_dir, check_paths)
+    if init_from == "teacher" and "kind" not in model:
+        derived = _teacher_hook(teacher, "student_model", registry)
+        if derived is None:
+            assert teacher is not None
+            raise SpecError.at(origin, "model.kind", f"a student cannot take its architecture from a '{teacher.kind}' "
+                               "teacher; give [model] a kind and sizes")
+        model = {**derived, **model}
+    raw["model"] = model
+    return raw, init_from
+
+
 def structure_spec(raw: dict[str, Any], origin: str = "<dict>", registry: Registry | None = None,
                    base_dir: Path | None = None, check_paths: bool = True) -> Spec:
     """Validate a raw spec dict into a :class:`Spec` with every default filled in."""
@@ -209,6 +276,8 @@ def structure_spec(raw: dict[str, Any], origin: str = "<dict>", registry: Regist
     fields = {f.name: f for f in attrs.fields(attrs.resolve_types(Spec)) if not f.metadata.get("internal")}
     _check_keys(raw, Spec, "", origin, recurse=False)
     values: dict[str, Any] = {"source": origin}
+    teacher = _teacher(raw["teacher"], origin, registry, base_dir, check_paths) if "teacher" in raw else None
+    raw, values["init_from"] = _student_tables(raw, teacher, origin, registry, base_dir, check_paths)
     for name, field in fields.items():
         present = name in raw
         if "component" in field.metadata:
@@ -221,7 +290,7 @@ def structure_spec(raw: dict[str, Any], origin: str = "<dict>", registry: Regist
                 table = {"kind": field.metadata["default_kind"], **table}
             values[name] = _component(table, kind, name, origin, registry)
         elif name == "teacher":
-            values[name] = _teacher(raw[name], origin, registry, base_dir, check_paths) if present else None
+            values[name] = teacher
         elif name == "name":
             if present and not isinstance(raw[name], str):
                 raise SpecError.at(origin, "name", f"expected a string, got {raw[name]!r}")
@@ -326,6 +395,8 @@ def spec_to_dict(spec: Spec) -> dict[str, Any]:
             out[field.name] = {"run": value.config.run}  # as written: a run teacher needs no kind
         elif isinstance(value, ComponentSpec):
             out[field.name] = _unstructure_component(value)
+            if field.name == "model" and spec.init_from is not None:
+                out[field.name]["init_from"] = spec.init_from
         else:
             table = {}
             for sub in attrs.fields(type(value)):

@@ -56,6 +56,20 @@ class DiffusersTeacher(Component):
     Config = DiffusersTeacherConfig
 
     @classmethod
+    def interpolant_kind(cls, config: DiffusersTeacherConfig) -> str | None:
+        """The fmmkit interpolant its scheduler's process is (flow matching: linear; DDPM/EDM/VE: trig); None when
+        the folder cannot be read yet (building the teacher then says why)."""
+        import json
+        from pathlib import Path
+
+        folder = Path(config.scheduler or Path(config.path) / "scheduler").expanduser()
+        try:
+            name = str(json.loads((folder / "scheduler_config.json").read_text()).get("_class_name", ""))
+        except (OSError, ValueError):
+            return None
+        return "linear" if name.startswith("FlowMatch") else "trig"
+
+    @classmethod
     def build(cls, config: DiffusersTeacherConfig, ctx: BuildContext) -> ConvertedVelocity:
         require_diffusers("teacher.kind: 'diffusers'")
         folder = find_folder(config.path, config.subfolder, config.scheduler, "teacher")

@@ -18,6 +18,8 @@ in the space the module was trained in (pixels in [-1, 1], or latents scaled as 
 
 from __future__ import annotations
 
+from typing import Any
+
 import attrs
 
 from fmmkit.core import BuildContext, Component
@@ -41,6 +43,21 @@ class TorchModuleTeacher(Component):
     """Builds a frozen :class:`ConvertedVelocity` from a factory, weights and the conversion fields."""
 
     Config = TorchModuleTeacherConfig
+
+    @classmethod
+    def interpolant_kind(cls, config: TorchModuleTeacherConfig) -> str:
+        """The fmmkit interpolant of the teacher's process: the student trains on it."""
+        return config.to_process().interpolant_kind
+
+    @classmethod
+    def student_model(cls, config: TorchModuleTeacherConfig) -> dict[str, Any]:
+        """The [model] table of a student made from the teacher's own module (``init_from = "teacher"``): the
+        ``torch_module`` backbone with the teacher's factory, conversion and call, its weights loaded at start."""
+        from fmmkit.nets.torch_module import TorchModuleBackboneConfig
+
+        keys = {f.name for f in attrs.fields(TorchModuleBackboneConfig)} - {"weights", "forward_ad"}
+        table = {k: v for k, v in attrs.asdict(config).items() if k in keys and v is not None}
+        return {"kind": "torch_module", **table}
 
     @classmethod
     def build(cls, config: TorchModuleTeacherConfig, ctx: BuildContext) -> ConvertedVelocity:
