@@ -86,3 +86,22 @@ def test_the_diffusers_pipeline_samples_what_fmmkit_samples(digits_run: Path, tm
         assert float((ours - theirs).abs().max()) < 1e-5, steps
     images = pipe(batch_size=2, num_inference_steps=2, generator=torch.Generator().manual_seed(0), class_labels=[1, 2]).images
     assert len(images) == 2 and images[0].size == (8, 8)
+
+
+def test_every_command_takes_an_export_folder(digits_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from fmmkit.cli import main
+
+    out = tmp_path / "export"
+    assert main(["export", str(digits_run), "--out", str(out)]) == 0
+    assert main(["export", str(digits_run), "--out", str(out)]) == 2
+    assert "exists and is not empty; choose another or pass --overwrite" in capsys.readouterr().err
+    assert main(["sample", str(out), "--steps", "2", "--num", "8", "--out", str(tmp_path / "s.png")]) == 0
+    assert main(["eval", str(out), "--num", "32"]) == 0 and (out / "eval.json").is_file()
+    assert main(["verify", str(out), "--num", "16", "--search-examples", "4"]) in (0, 1)  # 1: a law over threshold
+    assert (out / "verify.json").is_file()
+    capsys.readouterr()
+    assert main(["train", "--resume", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fmmkit: error: ") and err.count("\n") == 0
+    assert main(["export", str(tmp_path / "nope"), "--out", str(tmp_path / "x")]) == 2
+    assert "not a trained run" in capsys.readouterr().err
