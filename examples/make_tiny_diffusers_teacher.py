@@ -21,7 +21,7 @@ from torch.nn import functional as F
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="models/tiny_ddpm_digits")
-    parser.add_argument("--steps", type=int, default=4000)
+    parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--prediction", choices=["epsilon", "v_prediction"], default="epsilon")
     parser.add_argument("--schedule", choices=["linear", "squaredcos_cap_v2"], default="squaredcos_cap_v2")

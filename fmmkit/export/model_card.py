@@ -29,7 +29,7 @@ def model_card(config: dict[str, Any], rows: list[dict[str, Any]] | None, fmt: s
     front.append("---")
     name = config["name"]
     lines = [*front, "", f"# {name}", "",
-             f"A flow map X_{{s,t}} trained by [fmmkit](https://github.com/) ({spec['loss']['kind']}, {config['model']['kind']} "
+             f"A flow map X_{{s,t}} trained by fmmkit ({spec['loss']['kind']}, {config['model']['kind']} "
              f"backbone, {config['data']['kind']} data of shape {tuple(config['data']['shape'])}): 1 to 8 network "
              "evaluations per sample.", "",
              f"Time convention: {config['time_convention']}.", "", "## Evaluation", ""]
