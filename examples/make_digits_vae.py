@@ -5,7 +5,7 @@ Nothing downloads, so the latent-space example brings its own VAE: (1, 8, 8) dig
 weight ``--kl``). The scaling factor written to its config is 1 / std of the latents (Rombach et al. 2022,
 Sec. 4.3.2), so the latents the flow map sees have unit variance.
 
-    python examples/make_digits_vae.py --out models/digits_vae      # ~1-2 min on one CPU thread
+    python examples/make_digits_vae.py --out models/digits_vae      # a few minutes on one CPU thread
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="models/digits_vae")
-    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--kl", type=float, default=1e-4)
     parser.add_argument("--seed", type=int, default=0)
