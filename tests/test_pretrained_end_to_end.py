@@ -52,6 +52,9 @@ def test_an_exported_teacher_reimported_as_a_torch_module_distills_to_the_same_m
 
     a, b = load_file(str(direct / "model.safetensors")), load_file(str(via_module / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)  # the same training, bit for bit
+    described = json.loads((export_run(via_module, tmp_path / "student_export") / "config.json").read_text())["teacher"]
+    assert described["kind"] == "torch_module" and described["conversion"]["process"] == "linear"
+    assert described["conversion"]["prediction"] == "velocity" and described["conversion"]["interpolant"] == "linear"
     fd_direct, fd_module = fd_rows(direct), fd_rows(via_module)
     for label in ("flow map, 1 step", "flow map, 2 steps", "flow map, 4 steps", "flow map, 8 steps"):
         assert abs(fd_module[label] - fd_direct[label]) <= 0.02 * fd_direct[label], label

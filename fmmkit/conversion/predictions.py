@@ -101,13 +101,6 @@ class Conversion:
         low_singular, high_singular = _singular_ends(self.prediction, self.process)
         return (max(lo, EDGE) if low_singular else lo), (min(hi, 1 - EDGE) if high_singular else hi)
 
-    def network_time(self, t: Tensor) -> Tensor:
-        """The model time m the network is given at fmmkit times t (B,) (c_noise for edm_denoiser)."""
-        point = self.process.at(self._clamp(t.to(torch.float64)))
-        if self.prediction == "edm_denoiser":
-            return torch.log(point.s / point.a) / 4
-        return point.model_time
-
     def _clamp(self, t: Tensor) -> Tensor:
         lo, hi = self.time_range()
         return t.clamp(lo, hi)

@@ -66,7 +66,26 @@ def export_config(run: Any) -> dict[str, Any]:
             "time_direction": "noise_at_0"}
     if "teacher" in config["spec"]:
         config["teacher"] = config["spec"]["teacher"]  # what the map was distilled from (a run, or a converted model)
+        conversion = teacher_conversion(spec)
+        if conversion is not None:
+            config["teacher"]["conversion"] = conversion
     return config
+
+
+def teacher_conversion(spec: Any) -> dict[str, Any] | None:
+    """How a converted teacher's prediction became fmmkit's velocity (process, prediction, interpolant), or None."""
+    config = spec.teacher.config
+    if hasattr(config, "to_conversion"):  # torch_module
+        return config.to_conversion().describe()
+    if spec.teacher.kind == "diffusers":
+        from fmmkit.external.diffusers_folder import find_folder, scheduler_conversion
+
+        try:
+            return scheduler_conversion(find_folder(config.path, config.subfolder, config.scheduler, "teacher"),
+                                        config.prediction, "teacher").describe()
+        except UserError:  # the folder is gone: the spec still says where it was
+            return None
+    return None
 
 
 def _eval_rows(run_dir: Path) -> list[dict[str, Any]] | None:

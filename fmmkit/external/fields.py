@@ -3,7 +3,6 @@ what the network predicts under which process, and how it is called."""
 
 from __future__ import annotations
 
-from typing import Any
 
 import attrs
 
@@ -108,8 +107,3 @@ class CallFields:
 
     def to_call(self, where: str, num_classes: int | None) -> ModuleCall:
         return ModuleCall(where, self.input_scale, self.output_scale, self.learned_variance, num_classes, self.null_label)
-
-
-def conversion_fields(config: Any) -> dict[str, Any]:
-    """The conversion keys of a config, as a dict (for exported configs and student backbones)."""
-    return {f.name: getattr(config, f.name) for f in attrs.fields(ConversionFields)}
