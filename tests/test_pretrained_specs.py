@@ -105,3 +105,17 @@ def test_bad_inputs_are_one_line_cli_errors_naming_the_file_key_and_fix(tmp_path
     monkeypatch.setitem(__import__("sys").modules, "diffusers", None)
     assert cli_error(tmp_path, {**BASE, "teacher": {"kind": "diffusers", "path": str(tmp_path)}}, capsys) == (
         "teacher.kind: 'diffusers': needs the diffusers package, an optional extra of fmmkit: pip install 'fmmkit[diffusers]'")
+
+
+@pytest.mark.parametrize("name", ["digits_torch_module_lmd", "digits_diffusers_lmd", "digits_latent_teacher",
+                                  "digits_latent_lmd"])
+def test_the_example_specs_parse_and_are_linked_from_examples(name: str) -> None:
+    from fmmkit.spec.loader import read_toml, structure_spec
+
+    root = Path(__file__).resolve().parents[1]
+    path = root / "fmmkit" / "specs" / f"{name}.toml"
+    link = root / "examples" / f"{name}.toml"
+    assert link.is_symlink() and link.resolve() == path.resolve()
+    spec = structure_spec(read_toml(path), str(path), check_paths=False)
+    assert spec.teacher is not None or name == "digits_latent_teacher"
+    assert spec.loss.kind == ("flow_matching" if name == "digits_latent_teacher" else "lagrangian_distillation")
