@@ -54,6 +54,7 @@ BUILTIN_PLUGINS = (
     "fmmkit.nets.attention",
     "fmmkit.nets.dit",
     "fmmkit.nets.mlp",
+    "fmmkit.nets.torch_module",
     "fmmkit.nets.unet",
     "fmmkit.losses.align_your_flow",
     "fmmkit.losses.consistency",
@@ -74,6 +75,7 @@ BUILTIN_PLUGINS = (
     "fmmkit.samplers.stochastic",
     "fmmkit.data.digits",
     "fmmkit.data.gaussian",
+    "fmmkit.data.latent",
     "fmmkit.data.npy",
     "fmmkit.data.prior",
     "fmmkit.data.toy2d",
@@ -84,6 +86,8 @@ BUILTIN_PLUGINS = (
     "fmmkit.teachers.gaussian",
     "fmmkit.teachers.gaussian_mixture",
     "fmmkit.teachers.run",
+    "fmmkit.teachers.torch_module",
+    "fmmkit.teachers.diffusers_model",
 )
 
 

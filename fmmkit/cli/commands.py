@@ -12,6 +12,7 @@
   fmmkit spec copy NAME... DIR | --all DIR
   fmmkit quickstart [--out DIR]
   fmmkit verify RUN_DIR [--threshold LAW=VALUE ...] [--json]
+  fmmkit export RUN_DIR --out DIR [--format fmmkit|diffusers] [--overwrite]
 """
 
 from __future__ import annotations
@@ -139,7 +140,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
     samples = result.x.float().cpu().numpy()
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".npy":
-        np.save(out, samples)
+        from fmmkit.evaluation.scores import decoded
+
+        np.save(out, decoded(run, result.x).numpy())  # latent runs: the decoded images
     else:
         from fmmkit.evaluation import save_panels
 
@@ -279,6 +282,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0 if report.passed else 1
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from fmmkit.export.folder import export_run
+
+    out = export_run(args.run_dir, args.out, format=args.format, overwrite=args.overwrite)
+    print(f"exported {args.run_dir} ({args.format}) to {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fmmkit", description="Flow map matching: train, sample and evaluate flow maps.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -357,6 +368,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the JSON report instead of the table")
     add_max_memory(p)
     p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("export", help="write a run as a self-describing model folder (or a diffusers pipeline)")
+    p.add_argument("run_dir")
+    p.add_argument("--out", required=True, help="the folder to write (a Hugging Face model repository layout)")
+    p.add_argument("--format", choices=["fmmkit", "diffusers"], default="fmmkit",
+                   help="fmmkit: config.json, model.safetensors, spec.toml, README.md; diffusers: a pipeline folder")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
+    p.set_defaults(func=cmd_export)
     return parser
 
 

@@ -79,6 +79,16 @@ class DataSource(Component, ABC):
         Training and ``fmmkit spec check`` call it; loading a trained run, which needs only the shape,
         does not. Default: nothing to check."""
 
+    def decode(self, x: Tensor) -> Tensor:
+        """Points of the space the model samples -> the space pictures and metrics use (the identity here;
+        a latent data set decodes its latents to images with its autoencoder)."""
+        return x
+
+    @property
+    def pixel_source(self) -> DataSource:
+        """The data set in the space :meth:`decode` returns (itself here; a latent data set's image source)."""
+        return self
+
 
 class TensorDataSource(DataSource):
     """A finite data set held in memory; batches are drawn uniformly with replacement."""

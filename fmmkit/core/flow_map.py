@@ -38,9 +38,27 @@ class Backbone(nn.Module, Component):
     """
 
     supports_forward_ad: bool = True
+    #: set by :meth:`enable_second_time` (the architecture then has the second-time embedding)
+    second_time_enabled: bool = False
 
     def forward(self, x: Tensor, s: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:  # noqa: D102
         raise NotImplementedError
+
+    def enable_second_time(self) -> None:
+        """Opt in to starting from a one-time teacher (``[model] init_from``); the protocol:
+
+        1. after this call the backbone computes v_{s,t}(x) from the conditioning it had on the diagonal,
+           evaluated at t (what a flow-matching teacher of the same architecture was trained on), plus
+           the second time (s, or t - s) through a *new* embedding whose output layer is zero-initialised;
+        2. the call only adds parameters (those of the new embedding); every parameter it had keeps its
+           name and shape, so the teacher's weights load into it unchanged.
+
+        Loading a teacher's weights then gives v_{s,t}(x) = v_{t,t}(x) = the teacher's b_t(x) exactly, for
+        every s. ``unet``, ``dit`` and ``mlp`` implement it; so does ``torch_module`` for modules that follow
+        the protocol of :mod:`fmmkit.nets.torch_module`.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot start from a teacher: it does not implement "
+                                  "enable_second_time()")
 
     @contextlib.contextmanager
     def forward_ad_mode(self) -> Iterator[None]:
@@ -56,8 +74,14 @@ def frozen_copy(module: ModuleT) -> ModuleT:
     return out
 
 
+def implements_second_time(backbone: nn.Module) -> bool:
+    """Whether ``backbone`` implements :meth:`Backbone.enable_second_time`."""
+    method = getattr(type(backbone), "enable_second_time", None)
+    return method is not None and method is not Backbone.enable_second_time
 
-__all__ = ["PARAMETERIZATIONS", "Backbone", "FlowMap", "TrigFlowMap", "frozen_copy", "make_flow_map", "time_dtype"]
+
+__all__ = ["PARAMETERIZATIONS", "Backbone", "FlowMap", "TrigFlowMap", "frozen_copy", "implements_second_time",
+           "make_flow_map", "time_dtype"]
 
 
 class FlowMap(nn.Module):

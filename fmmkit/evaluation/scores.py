@@ -5,7 +5,9 @@ of the data with each metric of ``eval.metrics``; NFE is network evaluations per
 rows use the run's flow-map sampler (``consistency`` for models of X_{s,1} only, see
 :attr:`fmmkit.runs.run.Run.flow_map_sampler`); a run trained with variable guidance adds a guidance
 sweep (``eval.guidance``), sampled with the reference's labels at each scale. A data-free run is
-scored against its teacher's data.
+scored against its teacher's data. Samples are scored and drawn in the data's pixel space: a latent
+data set decodes them (``DataSource.decode``) and the reference comes from its image source
+(``DataSource.pixel_source``).
 """
 
 from __future__ import annotations
@@ -102,10 +104,15 @@ def build_metrics(spec: Spec, registry: Registry) -> dict[str, Metric]:
     return {m.kind: registry.build("metric", m.kind, m.config, BuildContext()) for m in spec.eval.metrics}
 
 
+def decoded(run: Run, x: torch.Tensor) -> torch.Tensor:
+    """Samples of the run's model space in the data's pixel space (float32, CPU): latents are decoded."""
+    return run.data.decode(x.to(run.device)).float().cpu()
+
+
 def _score(name: str, metric: Any, samples: torch.Tensor, reference: torch.Tensor, run: Run) -> float:
     """One metric's value; a metric that cannot score this kind of data is a spec mistake, named as one."""
     try:
-        return float(metric(samples, reference, run.data))
+        return float(metric(samples, reference, run.data.pixel_source))
     except ValueError as exc:
         raise SpecError([f"{run.spec.source}: eval.metrics: metric '{name}' cannot score this run's data "
                          f"({exc}); list metrics that fit it in eval.metrics there, e.g. "
@@ -118,7 +125,7 @@ def evaluate(run: Run | str | Path, num_samples: int | None = None, write: bool 
     cfg = run.spec.eval
     n = num_samples or cfg.num_samples
     check_reference(run)
-    batch = run.data.sample(n, torch.Generator().manual_seed(cfg.seed))
+    batch = run.data.pixel_source.sample(n, torch.Generator().manual_seed(cfg.seed))
     reference = batch.x1.float()
     x0 = run.noise(n, seed=cfg.seed + 1)
     metrics = build_metrics(run.spec, run.registry)
@@ -131,7 +138,7 @@ def evaluate(run: Run | str | Path, num_samples: int | None = None, write: bool 
             warn(f"{label}: {exc}")
             rows.append(EvalRow(label, 0, 0.0, dict.fromkeys(metrics, math.nan), note=str(exc)))
             continue
-        samples = result.x.float().cpu()
+        samples = decoded(run, result.x)
         scores = {name: _score(name, metric, samples, reference, run) for name, metric in metrics.items()}
         rows.append(EvalRow(label, result.nfe, n / max(seconds, 1e-9), scores))
     if write:
@@ -161,20 +168,24 @@ def format_table(rows: list[EvalRow]) -> str:
 
 
 def is_image_data(run: Run) -> bool:
-    """Whether the run's data points are images (C, H, W)."""
-    return len(run.data.shape) == 3
+    """Whether the run's data points are images (C, H, W), once decoded."""
+    return len(run.data.pixel_source.shape) == 3
 
 
 def save_panels(run: Run, panels: list[tuple[str, Any]], path: Path) -> Path:
-    """A PNG of titled panels beside the data: scatter plots for points, image grids for images."""
+    """A PNG of titled panels (samples in the run's model space) beside the data: scatter plots for points,
+    image grids for images (latents decoded first)."""
     from fmmkit.evaluation.plots import IMAGE_GRID_SIZE, save_image_grids, save_sample_grid
 
     n = max(len(samples) for _, samples in panels)
     n = min(n, IMAGE_GRID_SIZE) if is_image_data(run) else n
-    reference = run.data.sample(n, torch.Generator().manual_seed(run.spec.eval.seed)).x1.float().numpy()
+    pixels = run.data.pixel_source
+    if pixels is not run.data:
+        panels = [(label, decoded(run, torch.as_tensor(samples[:n])).numpy()) for label, samples in panels]
+    reference = pixels.sample(n, torch.Generator().manual_seed(run.spec.eval.seed)).x1.float().numpy()
     if is_image_data(run):
         return save_image_grids(path, panels, reference)
-    save_sample_grid(path, panels, reference, run.data.bounds())
+    save_sample_grid(path, panels, reference, pixels.bounds())
     return path
 
 

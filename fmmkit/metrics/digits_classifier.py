@@ -21,17 +21,11 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from fmmkit.cache import cache_dir
+
 RECIPE = "v1"
 FEATURE_DIM = 64
 _TEST_SIZE = 300
-
-
-def cache_dir() -> Path:
-    """$FMMKIT_CACHE_DIR, else $XDG_CACHE_HOME/fmmkit, else ~/.cache/fmmkit."""
-    if os.environ.get("FMMKIT_CACHE_DIR"):
-        return Path(os.environ["FMMKIT_CACHE_DIR"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base).expanduser() / "fmmkit"
 
 
 class DigitsClassifier(nn.Module):

@@ -1,6 +1,6 @@
 """Shared pieces of the image backbones: the conditioning vector c(s, t, y) and shape checks.
 
-c = MLP(e(s, t)) + E[y]: e is :class:`fmmkit.nets.embeddings.TwoTimeEmbedding` (e(s) ++ e(t) or
+c = MLP(e(s, t)) + E[y] (after ``enable_second_time``, MLP(e(t, t)) + E2(s or t - s) + E[y]): e is :class:`fmmkit.nets.embeddings.TwoTimeEmbedding` (e(s) ++ e(t) or
 e(t) ++ e(t - s)); the embedding and its MLP run in float32 (float64 for float64 times) outside
 autocast, since low-precision time embeddings cause gradient spikes through JVPs (NVlabs/rcm #10).
 Labels use an extra "null" class (index num_classes) for unconditional passes; with
@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from fmmkit.core.conditioning import labels_of
 from fmmkit.core.errors import UserError
-from fmmkit.nets.embeddings import GuidanceEmbedding, TwoTimeEmbedding, guidance_input
+from fmmkit.nets.embeddings import GuidanceEmbedding, SecondTimeEmbedding, TwoTimeEmbedding, guidance_input, second_time
 
 
 class BackboneConfigError(UserError):
@@ -55,12 +55,23 @@ class ConditionEmbedding(nn.Module):
         self.null_label = num_classes or 0
         self.label_dropout = label_dropout
         self.guidance = GuidanceEmbedding(dim) if guidance else None
+        self.kind, self.time_dim = kind, time_dim
+        self.second: SecondTimeEmbedding | None = None
+
+    def enable_second_time(self) -> None:
+        """From now on c = MLP(e(t, t)) + E2(s or t - s) + E[y]: the diagonal (one-time) conditioning a
+        flow-matching teacher was trained on, plus a zero-initialised embedding of the second time."""
+        if self.second is None:
+            self.second = SecondTimeEmbedding(self.time_dim, self.mlp[2].out_features, self.kind)
+            self.second.to(self.mlp[0].weight.device)
 
     def forward(self, s: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         """(B,), (B,), (B,) or None -> (B, dim) in the embedding's precision (float32 or float64)."""
-        e = self.time(s, t)
+        e = self.time(s, t) if self.second is None else self.time(t, t)
         with torch.autocast(device_type=e.device.type, enabled=False):
             c = self.mlp(e.to(self.mlp[0].weight.dtype))
+            if self.second is not None:
+                c = c + self.second(second_time(self.time.pair, s, t)).to(c.dtype)
         batch = c.shape[0]
         if self.guidance is not None:
             c = c + self.guidance(guidance_input(y, batch, c)).to(c.dtype)

@@ -98,3 +98,32 @@ def guidance_input(y: Tensor | None, batch: int, like: Tensor) -> Tensor:
     if g is not None:
         return g.to(like.device)
     return torch.tensor(NO_GUIDANCE, device=like.device, dtype=torch.float32).expand(batch, 3)
+
+
+class SecondTimeEmbedding(nn.Module):
+    """u -> Linear(SiLU(Linear(e(u)))) (B, out_dim) with the last layer zero-initialised: the new input through
+    which a backbone initialised from a one-time teacher receives its second time (s, or t - s).
+
+    At initialisation it returns exactly 0 for every u, so the student's v_{s,t} equals the teacher's
+    v_{t,t} = b_t; training then learns how the map depends on the second time.
+    """
+
+    def __init__(self, dim: int, out_dim: int, kind: str = "sinusoidal", max_frequency: float = 1000.0) -> None:
+        super().__init__()
+        assert kind in TIME_EMBEDDINGS, f"time embedding must be one of {TIME_EMBEDDINGS}, got {kind!r}"
+        self.embed = SinusoidalEmbedding(dim, max_frequency) if kind == "sinusoidal" else FourierEmbedding(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, out_dim), nn.SiLU(), nn.Linear(out_dim, out_dim))
+        nn.init.zeros_(self.mlp[2].weight)
+        nn.init.zeros_(self.mlp[2].bias)
+
+    def forward(self, u: Tensor) -> Tensor:
+        """(B,) -> (B, out_dim) in float32 (float64 for float64 times), outside autocast."""
+        dtype = torch.float64 if u.dtype == torch.float64 else torch.float32
+        with torch.autocast(device_type=u.device.type, enabled=False):
+            e = self.embed(u.to(dtype))
+            return self.mlp(e.to(self.mlp[0].weight.dtype))
+
+
+def second_time(pair: str, s: Tensor, t: Tensor) -> Tensor:
+    """The time a second-time embedding sees: s for the ``s_t`` pair, t - s for ``t_delta``."""
+    return s if pair == "s_t" else t - s

@@ -12,7 +12,8 @@ from fmmkit.core import Backbone, BuildContext
 from fmmkit.core.validators import one_of, positive
 from fmmkit.hookspecs import hookimpl
 from fmmkit.core.conditioning import labels_of
-from fmmkit.nets.embeddings import TIME_EMBEDDINGS, TIME_PAIRS, GuidanceEmbedding, TwoTimeEmbedding, guidance_input
+from fmmkit.nets.embeddings import (TIME_EMBEDDINGS, TIME_PAIRS, GuidanceEmbedding, SecondTimeEmbedding,
+                                    TwoTimeEmbedding, guidance_input, second_time)
 
 
 @attrs.define(frozen=True)
@@ -54,6 +55,16 @@ class MLP(Backbone):
         if config.zero_init_output:
             nn.init.zeros_(self.out.weight)
             nn.init.zeros_(self.out.bias)
+        self.second: SecondTimeEmbedding | None = None
+
+    def enable_second_time(self) -> None:
+        """Start-from-teacher opt-in (:meth:`fmmkit.core.Backbone.enable_second_time`): the first layer sees
+        e(t, t) (the diagonal) and a zero-initialised embedding of the second time is added to its output."""
+        if self.second is None:
+            cfg = self.config
+            self.second = SecondTimeEmbedding(cfg.time_dim, cfg.width, cfg.time_embedding, cfg.max_frequency)
+            self.second.to(self.inp.weight.device)
+        self.second_time_enabled = True
 
     @classmethod
     def build(cls, config: MLPConfig, ctx: BuildContext) -> MLP:
@@ -62,8 +73,10 @@ class MLP(Backbone):
     def forward(self, x: Tensor, s: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         batch = x.shape[0]
         assert x.shape[1:] == self.shape, f"mlp expects points of shape {self.shape}, got {tuple(x.shape[1:])}"
-        emb = self.time(s, t).to(x.dtype)  # (B, 2 time_dim)
+        emb = (self.time(s, t) if self.second is None else self.time(t, t)).to(x.dtype)  # (B, 2 time_dim)
         h = self.inp(torch.cat([x.reshape(batch, -1), emb], dim=1))  # (B, width)
+        if self.second is not None:
+            h = h + self.second(second_time(self.config.time_pair, s, t)).to(h.dtype)
         if self.label is not None:
             labels = labels_of(y)
             labels = labels if labels is not None else torch.full((batch,), self.label.num_embeddings - 1, device=x.device)

@@ -8,6 +8,7 @@ import torch
 
 from fmmkit.core import DataSource, Interpolant, VelocityField
 from fmmkit.core.validators import SpecValueError
+from fmmkit.external.modules import ModuleLoadError
 from fmmkit.registry import Registry
 from fmmkit.spec import Spec, SpecError
 from fmmkit.spec.build import data_context
@@ -32,6 +33,8 @@ def build_teacher(spec: Spec, interpolant: Interpolant, data: DataSource, regist
         teacher = entry.build(spec.teacher.config, ctx)
     except SpecValueError as exc:
         raise SpecError.at(spec.source, f"teacher.{exc.field}", exc.problem) from None
+    except ModuleLoadError as exc:  # a converted teacher's module, weights or folder: already "teacher.<key>: ..."
+        raise SpecError([f"{spec.source}: {exc}"]) from None
     if isinstance(teacher, torch.nn.Module):
         teacher = teacher.to(device).eval()
     return teacher

@@ -36,13 +36,17 @@ def data_problem(spec: Spec, exc: UserError) -> UserError:
 def build_data(spec: Spec, registry: Registry) -> DataSource:
     """The spec's data set (``[data]``); its errors name ``data.KEY`` of the spec. A data-free source
     (``prior``) gets its teacher's data (shape, labels, reference)."""
-    ctx = BuildContext()
+    from fmmkit.external.modules import ModuleLoadError
+
+    ctx = BuildContext(extras={"registry": registry})
     if not registry.get("dataset", spec.data.kind).component.holds_data:
         from fmmkit.data.prior import TEACHER_DATA
 
-        ctx = BuildContext(extras={TEACHER_DATA: teacher_data(spec, registry)})
+        ctx.extras[TEACHER_DATA] = teacher_data(spec, registry)
     try:
         return registry.build("dataset", spec.data.kind, spec.data.config, ctx)
+    except ModuleLoadError as exc:  # a data set that reads other models (a latent set's VAE)
+        raise SpecError([f"{spec.source}: {exc}"]) from None
     except UserError as exc:
         if isinstance(exc, SpecError):
             raise
@@ -111,6 +115,10 @@ def build_model(spec: Spec, data: DataSource, registry: Registry) -> FlowMap:
     ctx = data_context(data)
     ctx.guidance_input = takes_guidance_input(spec, data)
     backbone = registry.build("backbone", spec.model.kind, spec.model.config, ctx)
+    if spec.init_from is not None:  # the second-time form a student that starts from a teacher trains in
+        from fmmkit.core.teacher_init import enable_second_time
+
+        enable_second_time(backbone)
     parameterization = getattr(spec.loss.config, "parameterization", "average_velocity")
     return make_flow_map(backbone, parameterization, getattr(spec.loss.config, "sigma_data", 1.0))
 

@@ -102,6 +102,17 @@ def _number_or_range(value: Any, _: Any) -> float | list[float]:
 CONVERTER = make_converter()
 
 
+def _component_passthrough(value: Any, _: Any) -> ComponentSpec:
+    """Nested component tables are structured (through the registry) before cattrs sees them."""
+    if not isinstance(value, ComponentSpec):
+        raise TypeError(f"expected a table with kind = \"...\", got {value!r}")
+    return value
+
+
+CONVERTER.register_structure_hook(ComponentSpec, _component_passthrough)
+CONVERTER.register_unstructure_hook(ComponentSpec, lambda c: {"kind": c.kind, **CONVERTER.unstructure(c.config)})
+
+
 def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
@@ -189,7 +200,18 @@ def _component(table: Any, kind: str, path: str, origin: str, registry: Registry
         params, notes = migrate(params)
         for note in notes:
             warnings.warn(f"{origin}: {_join(path, note)}", SpecWarning, stacklevel=2)
+    for field in attrs.fields(attrs.resolve_types(entry.config)) if attrs.has(entry.config) else ():
+        nested = field.metadata.get("component")  # a component table inside a component, e.g. [data.source]
+        if nested and field.name in params:
+            params[field.name] = _component(params[field.name], nested, _join(path, field.name), origin, registry)
     return ComponentSpec(kind=name, config=_structure(params, entry.config, path, origin, f"{kind} '{name}'"))
+
+
+def structure_component(table: dict[str, Any], kind: str, path: str, origin: str = "<dict>",
+                        registry: Registry | None = None) -> ComponentSpec:
+    """A component table ``{"kind": NAME, ...}`` of ``kind`` ("backbone", "dataset", ...) as a validated
+    :class:`ComponentSpec`; SpecError naming ``origin`` and the key ``path`` on a mistake."""
+    return _component(table, kind, path, origin, registry or get_registry())
 
 
 def _teacher(table: Any, origin: str, registry: Registry, base_dir: Path | None, check_paths: bool = True) -> ComponentSpec:
@@ -253,6 +275,73 @@ def _component_list(items: list[Any], kind: str, path: str, origin: str, registr
     return out
 
 
+def _teacher_hook(teacher: ComponentSpec | None, hook: str, registry: Registry) -> Any:
+    """What the teacher's component says through an optional classmethod ``hook(config)`` (None without one)."""
+    if teacher is None:
+        return None
+    method = getattr(registry.get("teacher", teacher.kind).component, hook, None)
+    return method(teacher.config) if method is not None else None
+
+
+def _init_from(value: Any, teacher: ComponentSpec | None, origin: str, base_dir: Path | None, check_paths: bool) -> str:
+    """``[model] init_from``: "teacher", or a run directory / safetensors file (resolved like teacher.run)."""
+    from fmmkit.runs.layout import RUN_MARKERS, missing_run_files
+
+    key = "model.init_from"
+    if not isinstance(value, str):
+        raise SpecError.at(origin, key, f"expected \"teacher\", a run directory or a .safetensors file, got {value!r}")
+    if value == "teacher":
+        if teacher is None:
+            raise SpecError.at(origin, key, "\"teacher\" needs a [teacher] table; add one, or give a run directory "
+                                            "or a .safetensors file")
+        return value
+    path = Path(value).expanduser()
+    if not path.is_absolute() and base_dir is not None and not path.exists() and (base_dir / path).exists():
+        path = base_dir / path
+    if check_paths:
+        if path.is_dir() and missing_run_files(path):
+            raise SpecError.at(origin, key, f"'{value}' is not a trained run (no {', '.join(RUN_MARKERS)})")
+        if not path.is_dir() and (not path.is_file() or path.suffix != ".safetensors"):
+            raise SpecError.at(origin, key, f"no run directory or .safetensors file at '{value}'; give \"teacher\", a "
+                                            "run directory or a local .safetensors file")
+    return str(path.resolve())
+
+
+def _student_tables(raw: dict[str, Any], teacher: ComponentSpec | None, origin: str, registry: Registry,
+                    base_dir: Path | None, check_paths: bool) -> tuple[dict[str, Any], str | None]:
+    """``raw`` with the tables a teacher implies, and ``[model] init_from``:
+
+    - no [interpolant]: the one of the teacher's process (a converted teacher's ``interpolant_kind``); a
+      different one named is refused, since the student must train on the teacher's marginals;
+    - ``init_from = "teacher"`` with no [model] kind: the teacher's architecture (``student_model``).
+    """
+    raw = dict(raw)
+    required = _teacher_hook(teacher, "interpolant_kind", registry)
+    if required is not None:
+        table = raw.get("interpolant")
+        if table is None:
+            raw["interpolant"] = {"kind": required}
+        elif isinstance(table, dict) and (table.get("kind", "linear") != required or table.get("noise", 0.0) != 0.0):
+            assert teacher is not None
+            raise SpecError.at(origin, "interpolant.kind", f"the {teacher.kind} teacher's process is fmmkit's "
+                               f"'{required}' interpolant (noise = 0), and the student must train on its marginals; "
+                               f"set kind = \"{required}\" or remove [interpolant]")
+    model = raw.get("model")
+    if not isinstance(model, dict) or "init_from" not in model:
+        return raw, None
+    model = dict(model)
+    init_from = _init_from(model.pop("init_from"), teacher, origin, base_dir, check_paths)
+    if init_from == "teacher" and "kind" not in model:
+        derived = _teacher_hook(teacher, "student_model", registry)
+        if derived is None:
+            assert teacher is not None
+            raise SpecError.at(origin, "model.kind", f"a student cannot take its architecture from a '{teacher.kind}' "
+                               "teacher; give [model] a kind and sizes")
+        model = {**derived, **model}
+    raw["model"] = model
+    return raw, init_from
+
+
 def structure_spec(raw: dict[str, Any], origin: str = "<dict>", registry: Registry | None = None,
                    base_dir: Path | None = None, check_paths: bool = True) -> Spec:
     """Validate a raw spec dict into a :class:`Spec` with every default filled in."""
@@ -260,6 +349,8 @@ def structure_spec(raw: dict[str, Any], origin: str = "<dict>", registry: Regist
     fields = {f.name: f for f in attrs.fields(attrs.resolve_types(Spec)) if not f.metadata.get("internal")}
     _check_keys(raw, Spec, "", origin, recurse=False)
     values: dict[str, Any] = {"source": origin}
+    teacher = _teacher(raw["teacher"], origin, registry, base_dir, check_paths) if "teacher" in raw else None
+    raw, values["init_from"] = _student_tables(raw, teacher, origin, registry, base_dir, check_paths)
     for name, field in fields.items():
         present = name in raw
         if "component" in field.metadata:
@@ -272,7 +363,7 @@ def structure_spec(raw: dict[str, Any], origin: str = "<dict>", registry: Regist
                 table = {"kind": field.metadata["default_kind"], **table}
             values[name] = _component(table, kind, name, origin, registry)
         elif name == "teacher":
-            values[name] = _teacher(raw[name], origin, registry, base_dir, check_paths) if present else None
+            values[name] = teacher
         elif name == "name":
             if present and not isinstance(raw[name], str):
                 raise SpecError.at(origin, "name", f"expected a string, got {raw[name]!r}")
@@ -407,7 +498,7 @@ def load_spec(source: str | Path | dict[str, Any] | Spec, overrides: list[str] |
 
 
 def _unstructure_component(component: ComponentSpec) -> dict[str, Any]:
-    return {"kind": component.kind, **CONVERTER.unstructure(component.config)}
+    return CONVERTER.unstructure(component)
 
 
 def _unstructure_listed(component: ComponentSpec, kind: str) -> Any:
@@ -433,6 +524,8 @@ def spec_to_dict(spec: Spec) -> dict[str, Any]:
                 out[field.name].update(guide_run=value.config.guide_run, guide_weight=value.config.guide_weight)
         elif isinstance(value, ComponentSpec):
             out[field.name] = _unstructure_component(value)
+            if field.name == "model" and spec.init_from is not None:
+                out[field.name]["init_from"] = spec.init_from
         else:
             table = {}
             for sub in attrs.fields(type(value)):

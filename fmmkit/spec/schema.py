@@ -210,6 +210,9 @@ class Spec:
     log: LogConfig = attrs.field(factory=LogConfig)
     name: str = "run"
     source: str = attrs.field(default="<dict>", metadata={"internal": True})
+    #: ``[model] init_from``: "teacher", a run directory or a safetensors file the student backbone starts from
+    #: (written inside [model]; see :mod:`fmmkit.core.teacher_init`).
+    init_from: str | None = attrs.field(default=None, metadata={"internal": True})
 
 
 __getattr__ = moved_getattr(__name__)  # former names (fmmkit.moved)

@@ -51,6 +51,22 @@ class RunTeacher(Component):
         return not cls.missing(config)
 
     @classmethod
+    def student_model(cls, config: RunTeacherConfig) -> dict[str, Any] | None:
+        """The teacher run's [model] table: a student that starts from it (``init_from = "teacher"``) has its
+        architecture. None when the run's spec cannot be read (the run check reports that)."""
+        from fmmkit.runs.layout import SPEC_FILE
+        from fmmkit.spec.errors import SpecError
+        from fmmkit.spec.loader import read_toml
+
+        try:
+            model = read_toml(Path(config.run) / SPEC_FILE).get("model")
+        except SpecError:
+            return None
+        if not isinstance(model, dict):
+            return None
+        return {k: v for k, v in model.items() if k != "init_from"}
+
+    @classmethod
     def build(cls, config: RunTeacherConfig, ctx: BuildContext) -> VelocityField:
         from fmmkit.runs.run import load_run
 

@@ -8,6 +8,8 @@ import torch
 
 from fmmkit.core import DataSource, FlowMap, Interpolant, Loss, VelocityField
 from fmmkit.core.loss import LossBuildError
+from fmmkit.core.teacher_init import TeacherInitError
+from fmmkit.external.modules import ModuleLoadError
 from fmmkit.memory import check_memory
 from fmmkit.moved import moved_getattr
 from fmmkit.registry import Registry, get_registry
@@ -15,6 +17,7 @@ from fmmkit.runs import teacher as teachers
 from fmmkit.spec import Spec, SpecError
 from fmmkit.spec import build as components
 from fmmkit.training import distributed as dist
+from fmmkit.training.init_from import start_from
 
 __getattr__ = moved_getattr(__name__)  # build_model, build_teacher, resolve_device moved (fmmkit.moved)
 
@@ -44,6 +47,11 @@ def build_pipeline(spec: Spec, registry: Registry | None = None, device: torch.d
     check_memory(spec, data, registry, device)  # before the model exists: a model too large is one line
     model = components.build_model(spec, data, registry).to(device)
     teacher = teachers.build_teacher(spec, interpolant, data, registry, device)
+    if spec.init_from is not None:
+        try:
+            start_from(model, spec.init_from, teacher, data)  # type: ignore[arg-type]
+        except (TeacherInitError, ModuleLoadError) as exc:
+            raise SpecError([f"{spec.source}: {exc}"]) from None
     ctx = components.data_context(data, interpolant, teacher)
     loss = registry.build("loss", spec.loss.kind, spec.loss.config, ctx)
     try:
