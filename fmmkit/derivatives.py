@@ -7,7 +7,9 @@ which gives every derivative the losses need in one pass:
   d/ds X_{s,t}(x) + grad_x X_{s,t}(x) b   tangent (1, 0, b)     (Eulerian)
   d/ds v_{s,t}(x) + grad_x v_{s,t}(x) u   the same on ``model.average_velocity`` (MeanFlow)
 
-``jvp`` uses torch.func.jvp (exact, ~1.5 forward passes, parameters keep their gradients);
+``jvp`` is forward-mode AD (exact, parameters keep their gradients) by :func:`fmmkit.core.jvp.jvp`:
+dual numbers, one extra product per linear layer for the tangent (the same values as torch.func.jvp,
+fewer passes);
 ``finite_difference`` uses a central difference with step h = 1e-6 in float64 (truncation error
 ~ h^2 w^2 / 6 for time frequencies up to w: 1e-7 relative for the default sinusoidal embedding's
 w = 1000, where h = 1e-4 gave 1e-3; round-off ~1e-16 / h) (parameters cast to
@@ -25,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from fmmkit.core.flow_map import FlowMap
+from fmmkit.core.jvp import jvp
 
 # torch.func.jvp scripts a helper on first use and torch 2.14 warns about its own call; not ours to fix.
 warnings.filterwarnings("ignore", message=r"`torch.jit.script` is deprecated", category=FutureWarning)
@@ -64,7 +67,7 @@ def directional_derivative(
             return model(x_, s_, t_, y) if output == "map" else model.average_velocity(x_, s_, t_, y)
 
         with model.forward_ad_mode():
-            return torch.func.jvp(fn, (x, s, t), (dx, ds, dt))
+            return jvp(fn, (x, s, t), (dx, ds, dt))
     if method == "finite_difference":
         return _central_difference(model, x, s, t, (dx, ds, dt), y, output, fd_step)
     raise ValueError(f"unknown derivative method {method!r}; use one of {DERIVATIVE_METHODS}")
