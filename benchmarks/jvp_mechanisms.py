@@ -11,7 +11,8 @@ tangent, as in LSD / LMD), timed for each way of computing the JVP on the same i
   create_graph, then the loss's backward through both).
 
 Also the GEMM calls of one step (torch.profiler), the arithmetic each mechanism really does.
-Medians of interleaved rounds, one thread; each result is checked against torch.func.jvp's.
+Process CPU time (one thread: steadier than wall time on a shared machine), medians of interleaved
+rounds; each mechanism's gradient is checked against torch.func.jvp's.
 
     nice -n 5 .venv/bin/python benchmarks/jvp_mechanisms.py --rounds 15
 """
@@ -99,9 +100,9 @@ def measure(width: int, batch: int, rounds: int) -> dict[str, tuple[float, int, 
     times: dict[str, list[float]] = {name: [] for name in MECHANISMS}
     for _ in range(rounds):
         for name, mech in MECHANISMS.items():
-            start = time.perf_counter()
+            start = time.process_time()
             step(mech, model, x, s, t, dt)
-            times[name].append(time.perf_counter() - start)
+            times[name].append(time.process_time() - start)
     return {name: (statistics.median(v) * 1e3, gemm_calls(lambda m=MECHANISMS[name]: step(m, model, x, s, t, dt)),
                    errors[name]) for name, v in times.items()}
 
@@ -116,7 +117,7 @@ def main() -> None:
     import os
 
     print(f"Machine: {machine()}; load average {os.getloadavg()[0]:.1f} at the start.")
-    print("| MLP width x batch | mechanism | ms per JVP + backward | x torch.func.jvp | GEMM calls | max grad diff (rel.) |")
+    print("| MLP width x batch | mechanism | CPU ms per JVP + backward | x torch.func.jvp | GEMM calls | max grad diff (rel.) |")
     print("|---|---|---|---|---|---|")
     for size in args.sizes:
         width, batch = (int(v) for v in size.split("x"))

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 import fmmkit.derivatives
 from fmmkit.core import Batch, BuildContext, FlowMap
-from fmmkit.core.jvp import FrozenWeightTangents, dual_numbers_unavailable, jvp
+from fmmkit.core.jvp import DualSiLU, FrozenWeightTangents, dual_numbers_unavailable, jvp
 from fmmkit.core.shapes import broadcast_time
 from fmmkit.derivatives import eulerian_velocity_derivative
 from fmmkit.losses._common import FlowMapLoss
@@ -127,6 +127,17 @@ def test_frozen_weight_tangents_skip_only_the_zero_weight_product() -> None:
         torch.testing.assert_close(out.primal, lin(x))
         both = fwAD.unpack_dual(nn.functional.linear(fwAD.make_dual(x, dx), fwAD.make_dual(lin.weight.detach(), dw)))
         torch.testing.assert_close(both.tangent, dx @ lin.weight.T + x @ dw.T)
+
+
+def test_dual_silu_is_silu_and_its_derivative_with_exact_gradients() -> None:
+    z = torch.randn(7, 5, dtype=torch.float64, requires_grad=True)
+    dz = torch.randn(7, 5, dtype=torch.float64, requires_grad=True)
+    h, dh = DualSiLU.apply(z, dz)
+    (slope,) = torch.autograd.grad(nn.functional.silu(z).sum(), z)
+    torch.testing.assert_close(h, nn.functional.silu(z))
+    torch.testing.assert_close(dh, slope * dz)
+    assert torch.autograd.gradcheck(DualSiLU.apply, (z, dz))
+    assert torch.autograd.gradgradcheck(DualSiLU.apply, (z, dz))
 
 
 def test_jvp_composes_with_functorch_transforms() -> None:
