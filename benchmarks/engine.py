@@ -54,7 +54,7 @@ class StepTimer:
         from fmmkit.spec import load_spec
         from fmmkit.training.build import build_pipeline
         from fmmkit.training.optim import make_optimizer
-        from fmmkit.training.trainer import make_compute
+        from fmmkit.training.compile import make_compute
 
         torch.manual_seed(0)
         spec = load_spec(spec_dict(loss, 1024, 1, compiled))

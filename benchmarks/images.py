@@ -62,7 +62,7 @@ def eval_rows(run: Path) -> list[dict]:
 def data_floor(run: Path, pairs: int = 5) -> list[float]:
     """digits_fd between independent draws of the run's data (eval.num_samples each), for ``pairs`` pairs."""
     from fmmkit.metrics.digits_fd import DigitsFrechetDistance
-    from fmmkit.runs import load_run
+    from fmmkit.runs.run import load_run
 
     loaded = load_run(run)
     n, metric = loaded.spec.eval.num_samples, DigitsFrechetDistance()
@@ -74,7 +74,7 @@ def classifier_line() -> str:
     """Which digits classifier gave the features (recipe, seed, held-out accuracy, cache file)."""
     from safetensors import safe_open
 
-    from fmmkit.metrics._digits_classifier import classifier_path
+    from fmmkit.metrics.digits_classifier import classifier_path
 
     path = classifier_path(0)
     with safe_open(str(path), "pt") as f:

@@ -36,7 +36,7 @@ from torch import Tensor
 import fmmkit
 from fmmkit.core import Batch, BuildContext, FlowMap
 from fmmkit.registry import get_registry
-from fmmkit.runs import Run, load_run
+from fmmkit.runs.run import Run, load_run
 from fmmkit.spec import load_spec
 from fmmkit.training.build import build_pipeline
 

@@ -17,6 +17,7 @@ Both work for any interpolant with alpha, beta, gamma (gamma gamma' enters in it
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 
 import torch
@@ -24,7 +25,22 @@ from torch import Tensor, nn
 
 from fmmkit.core import Interpolant
 from fmmkit.core.shapes import as_batch_times, broadcast_time
+from fmmkit.core.validators import SpecValueError
 from fmmkit.samplers.ode import RK4_TABLEAU, integrate_fixed
+
+
+def per_coordinate(values: list[float], name: str, data_shape: tuple[int, ...]) -> Tensor:
+    """A float64 tensor shaped like one data point from 1 entry (broadcast) or one entry per coordinate
+    (a spec's ``mean``/``std`` lists); SpecValueError naming ``name`` otherwise."""
+    tensor = torch.tensor(values, dtype=torch.float64)
+    if not data_shape:
+        return tensor
+    size = math.prod(data_shape)
+    if tensor.numel() == 1:
+        return tensor.expand(size).reshape(data_shape)
+    if tensor.numel() == size:
+        return tensor.reshape(data_shape)
+    raise SpecValueError(name, f"has {tensor.numel()} entries but data points have {size} coordinates; give 1 or {size}")
 
 
 def gamma_squared(interpolant: Interpolant, t: Tensor) -> Tensor:
@@ -54,7 +70,7 @@ class ExactFlowMap(nn.Module):
     """A reference map: velocity b_t(x) and flow map X_{s,t}(x) known exactly (or to solver accuracy).
 
     It satisfies :class:`fmmkit.core.FlowMapLike` and the parts of :class:`fmmkit.core.FlowMap` that
-    losses and :mod:`fmmkit.derivatives` use (``average_velocity``, ``forward_ad_mode``), so a loss or a
+    losses and :mod:`fmmkit.core.derivatives` use (``average_velocity``, ``forward_ad_mode``), so a loss or a
     law check can be evaluated on it directly. ``y`` is accepted and ignored.
     """
 

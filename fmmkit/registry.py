@@ -13,7 +13,6 @@ import difflib
 import importlib
 import importlib.metadata
 import os
-import pkgutil
 import sys
 import warnings
 from collections.abc import Iterable
@@ -24,11 +23,11 @@ from typing import Any
 
 import pluggy
 
-import fmmkit
 from fmmkit import hookspecs
 from fmmkit.core.errors import UserError
 from fmmkit.core import Backbone, DataSource, EmptyConfig, Interpolant, Loss, Metric, Sampler
 from fmmkit.core.attention import AttentionBackend
+from fmmkit.version import __version__
 
 ENTRY_POINT_GROUP = "fmmkit"
 
@@ -44,15 +43,40 @@ KINDS: dict[str, tuple[str, type | None]] = {
     "register_attention_backends": ("attention_backend", AttentionBackend),
 }
 
-#: Packages whose modules are fmmkit's default plugins (each module may implement any hook).
-BUILTIN_PACKAGES = (
-    "fmmkit.interpolants",
-    "fmmkit.nets",
-    "fmmkit.losses",
-    "fmmkit.samplers",
-    "fmmkit.data",
-    "fmmkit.metrics",
-    "fmmkit.teachers",
+#: fmmkit's default plugins, registered in this order before any installed plugin: the modules that
+#: implement hooks (a new built-in component module must be added here; helper modules are not).
+BUILTIN_PLUGINS = (
+    "fmmkit.interpolants.linear",
+    "fmmkit.interpolants.trig",
+    "fmmkit.nets.attention",
+    "fmmkit.nets.dit",
+    "fmmkit.nets.mlp",
+    "fmmkit.nets.unet",
+    "fmmkit.losses.align_your_flow",
+    "fmmkit.losses.consistency",
+    "fmmkit.losses.direct_flow_map_matching",
+    "fmmkit.losses.eulerian_distillation",
+    "fmmkit.losses.eulerian_self_distillation",
+    "fmmkit.losses.flow_matching",
+    "fmmkit.losses.lagrangian_distillation",
+    "fmmkit.losses.lagrangian_self_distillation",
+    "fmmkit.losses.meanflow",
+    "fmmkit.losses.progressive_distillation",
+    "fmmkit.losses.progressive_self_distillation",
+    "fmmkit.losses.shortcut",
+    "fmmkit.samplers.flow_map",
+    "fmmkit.samplers.ode",
+    "fmmkit.data.digits",
+    "fmmkit.data.gaussian",
+    "fmmkit.data.npy",
+    "fmmkit.data.toy2d",
+    "fmmkit.data.vision",
+    "fmmkit.metrics.digits_fd",
+    "fmmkit.metrics.fid",
+    "fmmkit.metrics.point_cloud",
+    "fmmkit.teachers.gaussian",
+    "fmmkit.teachers.gaussian_mixture",
+    "fmmkit.teachers.run",
 )
 
 
@@ -141,16 +165,11 @@ def _blocked() -> set[str]:
 
 def _builtin_modules(failures: list[str]) -> list[ModuleType]:
     modules = []
-    for package_name in BUILTIN_PACKAGES:
-        package = importlib.import_module(package_name)
-        for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
-            if info.name.startswith("_"):
-                continue
-            name = f"{package_name}.{info.name}"
-            try:
-                modules.append(importlib.import_module(name))
-            except Exception as exc:  # a broken built-in must not take the others down
-                _warn(f"plugin '{name}' failed to import and is skipped: {type(exc).__name__}: {exc}", failures)
+    for name in BUILTIN_PLUGINS:
+        try:
+            modules.append(importlib.import_module(name))
+        except Exception as exc:  # a broken built-in must not take the others down
+            _warn(f"plugin '{name}' failed to import and is skipped: {type(exc).__name__}: {exc}", failures)
     return modules
 
 
@@ -189,7 +208,7 @@ def load_registry(extra_plugins: Iterable[tuple[str, Any]] = (), entry_points: b
     blocked = _blocked()
     pm = make_plugin_manager()
     plugins: list[tuple[str, str, Any, bool]] = [
-        (m.__name__, fmmkit.__version__, m, True) for m in _builtin_modules(registry.failures)
+        (m.__name__, __version__, m, True) for m in _builtin_modules(registry.failures)
     ]
     if entry_points:
         plugins += [(n, v, obj, False) for n, v, obj in _entry_point_plugins(registry.failures, blocked)]

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from fmmkit.core import LossOutput
-from fmmkit.training import trainer
+from fmmkit.training import loop as trainer
 
 
 def tiny_spec(**sections: dict[str, Any]) -> dict[str, Any]:
@@ -108,7 +108,7 @@ class PlainSelfDistillation:
         self.interpolant = interpolant
 
     def __call__(self, model: Any, batch: Any, *, teacher: Any = None, step: int = 0) -> LossOutput:
-        from fmmkit.derivatives import time_derivative
+        from fmmkit.core.derivatives import time_derivative
 
         n = len(batch)
         t = torch.rand(n)

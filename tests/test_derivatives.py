@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import torch
 
-from fmmkit import derivatives as D
+from fmmkit.core import derivatives as D
 from fmmkit.core import Backbone, Batch, BuildContext, FlowMap
 from fmmkit.core.loss import LossBuildError
 from fmmkit.exact import GaussianFlowMap

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from engine_helpers import PlainSelfDistillation, assert_same_weights, replace_loss, tiny_spec
-from fmmkit.training.trainer import TrainingError, train
+from fmmkit.training.errors import TrainingError
+from fmmkit.training.loop import train
 
 
 def test_compiled_steps_match_eager_steps(tmp_path: Path, monkeypatch) -> None:

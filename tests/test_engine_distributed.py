@@ -12,7 +12,7 @@ import pytest
 from engine_helpers import assert_same_weights, records, tiny_spec
 from fmmkit.spec.toml_writer import dumps
 from fmmkit.training.checkpoint import list_checkpoints
-from fmmkit.training.trainer import resume_run, train
+from fmmkit.training.loop import resume_run, train
 
 pytestmark = pytest.mark.slow
 

@@ -11,7 +11,7 @@ import pytest
 from engine_helpers import assert_same_weights
 from fmmkit.registry import get_registry
 from fmmkit.training.checkpoint import list_checkpoints
-from fmmkit.training.trainer import resume_run, train
+from fmmkit.training.loop import resume_run, train
 
 pytestmark = pytest.mark.slow
 

@@ -11,7 +11,8 @@ from engine_helpers import all_finite, events, nan_term, patch_loss, tiny_spec
 from fmmkit.cli import main
 from fmmkit.core import LossOutput
 from fmmkit.training.checkpoint import list_checkpoints
-from fmmkit.training.trainer import TrainingError, train
+from fmmkit.training.errors import TrainingError
+from fmmkit.training.loop import train
 
 
 def test_nan_loss_term_stops_with_step_and_term_and_keeps_the_last_good_checkpoint(tmp_path: Path, monkeypatch) -> None:

@@ -22,7 +22,7 @@ from fmmkit.training.logs import RunLog, _tensorboard_writer, truncate_records
 from fmmkit.training.precision import Float32DerivativesFlowMap, autocast_dtype
 from fmmkit.training.sharding import BatchPlan, Stream
 from fmmkit.training.statefile import StateFormatError, dumps_state, loads_state, same_state
-from fmmkit.training.trainer import resume_run, train
+from fmmkit.training.loop import resume_run, train
 
 
 # ---- state files
@@ -150,7 +150,7 @@ def test_precision_selection(monkeypatch) -> None:
 
 def test_jvps_leave_bf16_autocast(tmp_path: Path) -> None:
     """The guard works wherever autocast does: CPU bf16 autocast stands in for CUDA here."""
-    from fmmkit.derivatives import directional_derivative
+    from fmmkit.core.derivatives import directional_derivative
     from fmmkit.training.build import build_pipeline
 
     model = build_pipeline(load_spec(tiny_spec()), device=torch.device("cpu")).model

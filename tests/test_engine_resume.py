@@ -19,7 +19,7 @@ from fmmkit.cli import main
 from fmmkit.training.checkpoint import CheckpointError, list_checkpoints
 from fmmkit.training.signals import TrainingInterrupted
 from fmmkit.training.statefile import StateFormatError, loads_state
-from fmmkit.training.trainer import resume_run, train
+from fmmkit.training.loop import resume_run, train
 
 WEIGHT_FILES = ("model.safetensors", "ema-0.9.safetensors", "ema-hl200.safetensors")
 
@@ -67,7 +67,7 @@ def test_signal_saves_a_checkpoint_and_resume_is_bit_identical(reference: Path, 
 def test_resume_from_an_older_checkpoint_matches_and_loads_ema_by_default(reference: Path, tmp_path: Path) -> None:
     import shutil
 
-    from fmmkit.runs import load_run
+    from fmmkit.runs.run import load_run
 
     out = tmp_path / "run"
     shutil.copytree(reference, out)
@@ -189,7 +189,7 @@ def test_sigkill_mid_run_loses_at_most_one_checkpoint_interval(tmp_path: Path) -
     spec = tiny_spec(optim={"schedule": "constant", "warmup_steps": 0}, train={"steps": 100000},
                      checkpoint={"every": every, "keep": 2})
     (tmp_path / "spec.json").write_text(json.dumps(spec))
-    code = ("import json, sys; from fmmkit.training.trainer import train; "
+    code = ("import json, sys; from fmmkit.training.loop import train; "
             f"train(json.load(open({str(tmp_path / 'spec.json')!r})), out={str(killed)!r}, progress=False)")
     proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE)
     try:

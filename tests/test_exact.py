@@ -8,7 +8,7 @@ import torch
 from fmmkit.core import BuildContext, FlowMapLike, VelocityField
 from fmmkit.core.validators import SpecValueError
 from fmmkit.exact import GaussianFlowMap, GaussianMixtureVelocity
-from fmmkit.interpolants._config import InterpolantConfig
+from fmmkit.interpolants.config import InterpolantConfig
 from fmmkit.interpolants.linear import LinearInterpolant
 from fmmkit.interpolants.trig import TrigInterpolant
 from fmmkit.metrics.point_cloud import EnergyDistance

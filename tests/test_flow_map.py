@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fmmkit.core import BuildContext, FlowMap
-from fmmkit.derivatives import time_derivative
+from fmmkit.core.derivatives import time_derivative
 from fmmkit.nets.mlp import MLP, MLPConfig
 
 

@@ -11,7 +11,7 @@ from torch.nn import functional as F
 
 from fmmkit.core import FlowMap
 from fmmkit.core.attention import AttentionBackendError
-from fmmkit.derivatives import time_derivative
+from fmmkit.core.derivatives import time_derivative
 from fmmkit.nets.attention import SelfAttention, resolve_backend
 from fmmkit.nets.attention.functional import ForwardADAttention, forward_ad_attention, math_attention
 from fmmkit.nets.unet import UNet, UNetConfig

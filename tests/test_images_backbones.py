@@ -8,8 +8,8 @@ import torch
 
 from fmmkit.core import FlowMap
 from fmmkit.core.errors import UserError
-from fmmkit.derivatives import directional_derivative
-from fmmkit.nets._conditioning import BackboneConfigError
+from fmmkit.core.derivatives import directional_derivative
+from fmmkit.nets.conditioning import BackboneConfigError
 from fmmkit.nets.dit import DiT, DiTConfig
 from fmmkit.nets.unet import UNet, UNetConfig
 

@@ -11,7 +11,7 @@ import torch
 from images_helpers import make_image_folder
 
 from fmmkit.core.errors import UserError
-from fmmkit.data._errors import DataError
+from fmmkit.data.errors import DataError
 from fmmkit.data.digits import Digits, DigitsConfig
 from fmmkit.data.vision import CIFAR10, MNIST, FashionMNIST, ImageFolder, ImageFolderConfig
 

@@ -11,8 +11,8 @@ from images_helpers import digits_cache  # noqa: F401
 
 from fmmkit.core.errors import UserError
 from fmmkit.data.digits import Digits, DigitsConfig
-from fmmkit.metrics import _digits_classifier as dc
-from fmmkit.metrics._frechet import frechet_distance, frechet_distance_of_features, gaussian_fit
+from fmmkit.metrics import digits_classifier as dc
+from fmmkit.metrics.frechet import frechet_distance, frechet_distance_of_features, gaussian_fit
 from fmmkit.metrics.digits_fd import DigitsFrechetDistance
 from fmmkit.metrics.fid import FID, FIDConfig, MetricUnavailableError, inception_unavailable
 

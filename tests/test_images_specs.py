@@ -13,7 +13,7 @@ from images_helpers import TINY_UNET_TABLE, digits_cache, make_image_folder  # n
 
 from fmmkit.cli import main
 from fmmkit.evaluation import evaluate
-from fmmkit.training.trainer import train
+from fmmkit.training.loop import train
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 CIFAR_SPECS = ["cifar10_unet_lsd.toml", "cifar10_dit_b2_lsd.toml"]

@@ -8,7 +8,7 @@ import torch
 from fmmkit.core.interpolant import InterpolantError
 from fmmkit.interpolants.linear import LinearInterpolant
 from fmmkit.interpolants.trig import TrigInterpolant
-from fmmkit.interpolants._config import InterpolantConfig
+from fmmkit.interpolants.config import InterpolantConfig
 
 INTERPOLANTS = [
     LinearInterpolant(InterpolantConfig(0.0)),

@@ -4,7 +4,7 @@ Drawn by hypothesis: every registered interpolant (a plugin's too) with and with
 dimensions 1..8, means in [-3, 3], stds in [0.1, 3], points at the first time, and time triples
 anywhere in [0, 1] in any order (reversed maps and the endpoints included). Tolerances (float64):
 |residual| <= 1e-9 + 1e-9 |reference| for the closed form; the derivative laws go through
-fmmkit.derivatives (torch.func.jvp), as in the losses. The mixture map is an RK4 solve, so its laws
+fmmkit.core.derivatives (torch.func.jvp), as in the losses. The mixture map is an RK4 solve, so its laws
 hold to the solver's accuracy.
 """
 

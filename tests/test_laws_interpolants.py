@@ -62,7 +62,7 @@ def test_a_wrong_derivative_is_caught() -> None:
 
 
 def test_an_inconsistent_gamma_gamma_prime_is_caught() -> None:
-    from fmmkit.interpolants._config import InterpolantConfig
+    from fmmkit.interpolants.config import InterpolantConfig
 
     with pytest.raises(AssertionError, match="gamma_d_gamma"):
         assert_interpolant_valid(_WrongGammaProduct(InterpolantConfig(noise=0.5)))

@@ -11,12 +11,12 @@ from torch import Tensor, nn
 
 from fmmkit.core import Backbone, Batch, BuildContext, FlowMap
 from fmmkit.exact import GaussianFlowMap
-from fmmkit.guidance import drop_labels, guided_velocity
+from fmmkit.losses.guidance import drop_labels, guided_velocity
 from fmmkit.registry import get_registry
 from fmmkit.spec import SpecError, load_spec
 from fmmkit.spec.loader import _component, read_toml, structure_spec
-from fmmkit.timesampling import TimeSampling
-from fmmkit.weighting import Weighting, WeightingConfig
+from fmmkit.losses.times import TimeSampling
+from fmmkit.losses.weighting import Weighting, WeightingConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 

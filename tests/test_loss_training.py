@@ -18,7 +18,7 @@ import torch
 
 import fmmkit
 from fmmkit.registry import get_registry
-from fmmkit.runs import load_run
+from fmmkit.runs.run import load_run
 
 STEPS = 250
 #: one sinusoid per time (frequency 1): with the default 64 (frequencies up to 1000) the semigradient

@@ -11,7 +11,7 @@ import torch
 from fmmkit.core import BuildContext, FlowMap
 from fmmkit.core.validators import SpecValueError
 from fmmkit.exact import GaussianFlowMap
-from fmmkit.interpolants._config import InterpolantConfig
+from fmmkit.interpolants.config import InterpolantConfig
 from fmmkit.interpolants.linear import LinearInterpolant
 from fmmkit.interpolants.trig import TrigInterpolant
 from fmmkit.registry import load_registry

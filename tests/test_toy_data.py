@@ -10,10 +10,10 @@ import torch
 
 from fmmkit.core import BuildContext
 from fmmkit.core.validators import SpecValueError
-from fmmkit.data._errors import DataError
+from fmmkit.data.errors import DataError
 from fmmkit.data.npy import NpyConfig, NpyData
 from fmmkit.data.toy2d import Checkerboard, CheckerboardConfig, EightGaussians
-from fmmkit.plots import save_sample_grid
+from fmmkit.evaluation.plots import save_sample_grid
 from fmmkit.registry import load_registry
 
 TOYS = ["checkerboard", "eight_gaussians", "two_moons", "pinwheel", "spirals"]

@@ -20,17 +20,18 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-import fmmkit.runs
+import fmmkit.runs.run
 from fmmkit import hookimpl
 from fmmkit.cli import main
 from fmmkit.core import Backbone, BuildContext
-from fmmkit.exact import GaussianFlowMap
-from fmmkit.gaussian_config import per_coordinate
+from fmmkit.exact import GaussianFlowMap, per_coordinate
 from fmmkit.interpolants.linear import LinearInterpolant
 from fmmkit.registry import Registry, load_registry
-from fmmkit.runs import SPEC_FILE, WEIGHTS_FILE, atomic_write_text, load_run, save_tensors
+from fmmkit.runs.files import atomic_write_text, save_tensors
+from fmmkit.runs.layout import SPEC_FILE, WEIGHTS_FILE
+from fmmkit.runs.run import load_run
 from fmmkit.spec import load_spec, spec_to_toml
-from fmmkit.training.build import build_model
+from fmmkit.spec.build import build_model
 from fmmkit.verification import VerifyError, VerifySettings, format_report, parse_thresholds, verify_run
 
 MEAN, STD = [1.0, -0.5], [0.5, 1.5]
@@ -137,7 +138,7 @@ def test_the_bent_map_fails_exactly_the_laws_it_breaks(runs: dict[str, Path], re
 
 def test_cli_exit_status_table_and_json(runs: dict[str, Path], registry: Registry, monkeypatch: pytest.MonkeyPatch,
                                         capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setattr(fmmkit.runs, "get_registry", lambda: registry)
+    monkeypatch.setattr(fmmkit.runs.run, "get_registry", lambda: registry)
     fast = ["--num", "512", "--search-examples", "40"]
     assert main(["verify", str(runs["good"]), *fast]) == 0
     out = capsys.readouterr().out
@@ -177,7 +178,7 @@ def test_a_barely_trained_run_against_its_gaussian_mixture_teacher(tmp_path: Pat
     X = x, whose exact-map error is 1 relative: verify must say so and fail, while the laws the
     parametrisation guarantees (identity, tangent) hold. How far real training goes is measured in
     benchmarks/gaussian8d_laws.py."""
-    from fmmkit.training.trainer import train
+    from fmmkit.training.loop import train
 
     angle = [2 * math.pi * k / 8 for k in range(8)]
     means = [[2.0 * math.cos(a), 2.0 * math.sin(a)] for a in angle]

@@ -25,7 +25,7 @@ class Backbone(nn.Module, Component):
     (a backbone with fused attention switches to a forward-mode-capable kernel there).
 
     The contract, as the attention backbones (``unet``, ``dit``) keep it: every derivative pass of
-    :mod:`fmmkit.derivatives` runs inside ``forward_ad_mode()``, where each attention layer uses
+    :mod:`fmmkit.core.derivatives` runs inside ``forward_ad_mode()``, where each attention layer uses
     its ``forward_ad_attention`` backend (default ``forward_ad``) instead of ``attention``
     (default ``sdpa``, fused, no forward-mode AD); outside it the fast backend runs. So
     ``supports_forward_ad`` is the derivative backend's capability, and a backbone whose

@@ -51,6 +51,12 @@ def one_of(choices: Collection[Any]) -> Validator:
     return _check(lambda v: v in choices, "one of " + ", ".join(repr(c) for c in choices))
 
 
+def non_empty(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    """The list has at least one entry."""
+    if len(value) == 0:
+        raise SpecValueError(attribute.name, "must have at least one entry")
+
+
 def each(validator: Validator) -> Validator:
     """Apply ``validator`` to every element of a list value."""
 

@@ -13,8 +13,8 @@ import torch
 from torch import Tensor
 
 from fmmkit.core.validators import at_least
-from fmmkit.data._errors import DataError
-from fmmkit.data._images import ImageSource
+from fmmkit.data.errors import DataError
+from fmmkit.data.images import ImageSource
 from fmmkit.hookspecs import hookimpl
 
 DIGITS_MAX = 16.0

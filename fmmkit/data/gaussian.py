@@ -16,9 +16,8 @@ import torch
 from torch import Tensor
 
 from fmmkit.core import Batch, DataSource, Interpolant
-from fmmkit.core.validators import each, non_negative, positive
-from fmmkit.exact import GaussianFlowMap
-from fmmkit.gaussian_config import non_empty, per_coordinate
+from fmmkit.core.validators import each, non_empty, non_negative, positive
+from fmmkit.exact import GaussianFlowMap, per_coordinate
 from fmmkit.hookspecs import hookimpl
 
 

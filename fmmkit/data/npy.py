@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from fmmkit.core import TensorDataSource
-from fmmkit.data._errors import DataError
+from fmmkit.data.errors import DataError
 from fmmkit.hookspecs import hookimpl
 
 

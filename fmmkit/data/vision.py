@@ -21,8 +21,8 @@ import torch
 from torch import Tensor
 
 from fmmkit.core.validators import at_least, one_of
-from fmmkit.data._errors import DataError
-from fmmkit.data._images import ImageSource
+from fmmkit.data.errors import DataError
+from fmmkit.data.images import ImageSource
 from fmmkit.hookspecs import hookimpl
 
 

@@ -7,7 +7,7 @@ from torch import Tensor
 
 from fmmkit.core import Interpolant
 from fmmkit.hookspecs import hookimpl
-from fmmkit.interpolants._config import InterpolantConfig
+from fmmkit.interpolants.config import InterpolantConfig
 
 
 class LinearInterpolant(Interpolant):

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from fmmkit.core import Interpolant
 from fmmkit.hookspecs import hookimpl
-from fmmkit.interpolants._config import InterpolantConfig
+from fmmkit.interpolants.config import InterpolantConfig
 
 
 class TrigInterpolant(Interpolant):

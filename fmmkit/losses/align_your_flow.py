@@ -24,9 +24,9 @@ import torch
 
 from fmmkit.core import Batch, FlowMap, VelocityField
 from fmmkit.core.shapes import broadcast_time
-from fmmkit.derivatives import lagrangian_velocity_derivative
+from fmmkit.core.derivatives import lagrangian_velocity_derivative
 from fmmkit.hookspecs import hookimpl
-from fmmkit.losses._common import FlowMapLoss, TangentConfig, Term, normalized, ramp, semigradient_squares
+from fmmkit.losses.base import FlowMapLoss, TangentConfig, Term, normalized, ramp, semigradient_squares
 
 
 class AlignYourFlowEulerian(FlowMapLoss):

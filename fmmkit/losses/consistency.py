@@ -25,7 +25,7 @@ from torch import Tensor
 
 from fmmkit.core import Batch, FlowMap, VelocityField
 from fmmkit.hookspecs import hookimpl
-from fmmkit.losses._common import FlowMapLoss, TangentConfig, Term, normalized, ramp, semigradient_squares
+from fmmkit.losses.base import FlowMapLoss, TangentConfig, Term, normalized, ramp, semigradient_squares
 
 
 class ConsistencyTraining(FlowMapLoss):

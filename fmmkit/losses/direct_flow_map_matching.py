@@ -18,10 +18,10 @@ import attrs
 from fmmkit.core import Batch, FlowMap, VelocityField
 from fmmkit.core.shapes import mean_squares
 from fmmkit.core.validators import non_negative, one_of
-from fmmkit.derivatives import DERIVATIVE_METHODS, time_derivative
+from fmmkit.core.derivatives import DERIVATIVE_METHODS, time_derivative
 from fmmkit.hookspecs import hookimpl
-from fmmkit.losses._common import FlowMapLoss, LossTables, Term
-from fmmkit.timesampling import PAIR_ORDERS, TimeSampling
+from fmmkit.losses.base import FlowMapLoss, LossTables, Term
+from fmmkit.losses.times import PAIR_ORDERS, TimeSampling
 
 
 @attrs.define(frozen=True)

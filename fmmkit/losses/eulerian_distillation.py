@@ -21,9 +21,9 @@ import attrs
 from fmmkit.core import Batch, FlowMap, VelocityField
 from fmmkit.core.shapes import mean_squares
 from fmmkit.core.validators import one_of
-from fmmkit.derivatives import DERIVATIVE_METHODS
+from fmmkit.core.derivatives import DERIVATIVE_METHODS
 from fmmkit.hookspecs import hookimpl
-from fmmkit.losses._common import FlowMapLoss, LossTables, Term, semigradient_squares
+from fmmkit.losses.base import FlowMapLoss, LossTables, Term, semigradient_squares
 
 
 @attrs.define(frozen=True)

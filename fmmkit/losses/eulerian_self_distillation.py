@@ -14,9 +14,9 @@ import torch
 
 from fmmkit.core import Batch, FlowMap
 from fmmkit.core.shapes import mean_squares
-from fmmkit.derivatives import directional_derivative
+from fmmkit.core.derivatives import directional_derivative
 from fmmkit.hookspecs import hookimpl
-from fmmkit.losses._common import SelfDistillationConfig, SelfDistillationLoss, Term
+from fmmkit.losses.base import SelfDistillationConfig, SelfDistillationLoss, Term
 
 
 class EulerianSelfDistillation(SelfDistillationLoss):

@@ -14,7 +14,7 @@ import attrs
 
 from fmmkit.core import Batch, FlowMap, VelocityField
 from fmmkit.hookspecs import hookimpl
-from fmmkit.losses._common import FlowMapLoss, LossTables, Term
+from fmmkit.losses.base import FlowMapLoss, LossTables, Term
 
 
 @attrs.define(frozen=True)

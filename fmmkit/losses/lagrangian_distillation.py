@@ -15,9 +15,9 @@ import attrs
 from fmmkit.core import Batch, FlowMap, VelocityField
 from fmmkit.core.shapes import mean_squares
 from fmmkit.core.validators import one_of
-from fmmkit.derivatives import DERIVATIVE_METHODS, time_derivative
+from fmmkit.core.derivatives import DERIVATIVE_METHODS, time_derivative
 from fmmkit.hookspecs import hookimpl
-from fmmkit.losses._common import FlowMapLoss, LossTables, Term
+from fmmkit.losses.base import FlowMapLoss, LossTables, Term
 
 
 @attrs.define(frozen=True)

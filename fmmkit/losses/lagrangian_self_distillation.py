@@ -7,7 +7,7 @@ The diagonal term is flow matching on the model's own velocity b_t = v_{t,t}; th
 is the Lagrangian equation with the model's current parameters as teacher (no EMA), its target under
 stop-gradient. A fraction eta of each batch (0.75 in the paper) goes to the diagonal. At the exact
 map the off-diagonal residual is 0 and the loss equals eta times the conditional variance of dI_t/dt.
-With guidance the diagonal learns the guided velocity (see :mod:`fmmkit.guidance`), and the map follows it.
+With guidance the diagonal learns the guided velocity (see :mod:`fmmkit.losses.guidance`), and the map follows it.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import torch
 
 from fmmkit.core import Batch, FlowMap
 from fmmkit.core.shapes import mean_squares
-from fmmkit.derivatives import time_derivative
+from fmmkit.core.derivatives import time_derivative
 from fmmkit.hookspecs import hookimpl
-from fmmkit.losses._common import SelfDistillationConfig, SelfDistillationLoss, Term, split_diagonal
+from fmmkit.losses.base import SelfDistillationConfig, SelfDistillationLoss, Term, split_diagonal
 
 __all__ = ["LagrangianSelfDistillation", "SelfDistillationConfig", "split_diagonal"]
 

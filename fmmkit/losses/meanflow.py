@@ -30,11 +30,11 @@ import attrs
 from fmmkit.core import Batch, FlowMap, VelocityField
 from fmmkit.core.shapes import mean_squares
 from fmmkit.core.validators import one_of, unit_interval
-from fmmkit.derivatives import DERIVATIVE_METHODS
+from fmmkit.core.derivatives import DERIVATIVE_METHODS
 from fmmkit.hookspecs import hookimpl
-from fmmkit.losses._common import FlowMapLoss, LossTables, Term
-from fmmkit.timesampling import TimeSampling
-from fmmkit.weighting import WeightingConfig
+from fmmkit.losses.base import FlowMapLoss, LossTables, Term
+from fmmkit.losses.times import TimeSampling
+from fmmkit.losses.weighting import WeightingConfig
 
 
 @attrs.define(frozen=True)

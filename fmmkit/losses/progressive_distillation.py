@@ -27,7 +27,7 @@ from fmmkit.core import Batch, FlowMap, VelocityField
 from fmmkit.core.shapes import broadcast_time, mean_squares
 from fmmkit.core.validators import positive
 from fmmkit.hookspecs import hookimpl
-from fmmkit.losses._common import FlowMapLoss, LossTables, Term, frozen_copy, prefixed, unprefixed
+from fmmkit.losses.base import FlowMapLoss, LossTables, Term, frozen_copy, prefixed, unprefixed
 
 
 @attrs.define(frozen=True)

@@ -19,7 +19,7 @@ from fmmkit.core import Batch, FlowMap
 from fmmkit.core.shapes import broadcast_time, mean_squares
 from fmmkit.core.validators import one_of, unit_interval
 from fmmkit.hookspecs import hookimpl
-from fmmkit.losses._common import LossTables, SelfDistillationLoss, Term
+from fmmkit.losses.base import LossTables, SelfDistillationLoss, Term
 
 SPLITS = ("uniform", "midpoint")
 

@@ -30,7 +30,7 @@ from fmmkit.core.flow_map import time_dtype
 from fmmkit.core.shapes import broadcast_time, mean_squares
 from fmmkit.core.validators import in_range, non_negative, positive, unit_interval
 from fmmkit.hookspecs import hookimpl
-from fmmkit.losses._common import FlowMapLoss, LossTables, Term, frozen_copy, prefixed, split_batch, unprefixed
+from fmmkit.losses.base import FlowMapLoss, LossTables, Term, frozen_copy, prefixed, split_batch, unprefixed
 
 
 @attrs.define(frozen=True)

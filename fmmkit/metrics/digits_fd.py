@@ -1,7 +1,7 @@
 """``digits_fd``: an offline Frechet distance for digit images, in a small digits classifier's features.
 
 FD = |mu_s - mu_r|^2 + Tr(S_s + S_r - 2 (S_s^1/2 S_r S_s^1/2)^1/2) between Gaussian fits of the
-64-dimensional penultimate features of :class:`fmmkit.metrics._digits_classifier.DigitsClassifier`
+64-dimensional penultimate features of :class:`fmmkit.metrics.digits_classifier.DigitsClassifier`
 for generated samples and reference data: the FID recipe with a network that fmmkit trains itself
 (reproducibly, from a seed, in seconds; cached on disk, see that module for where). Images must be
 one-channel in [-1, 1]; other sizes are resized to 8x8 (antialiased bilinear) before the classifier.
@@ -18,8 +18,8 @@ from torch.nn import functional as F
 from fmmkit.core import DataSource, Metric
 from fmmkit.core.validators import non_negative, positive
 from fmmkit.hookspecs import hookimpl
-from fmmkit.metrics._digits_classifier import DigitsClassifier, load_digits_classifier
-from fmmkit.metrics._frechet import frechet_distance_of_features
+from fmmkit.metrics.digits_classifier import DigitsClassifier, load_digits_classifier
+from fmmkit.metrics.frechet import frechet_distance_of_features
 
 
 @attrs.define(frozen=True)

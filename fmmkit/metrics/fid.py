@@ -1,6 +1,6 @@
 """``fid``: Frechet Inception Distance through torch-fidelity's Inception-v3 (also what torchmetrics uses).
 
-FD (see :mod:`fmmkit.metrics._frechet`) between Gaussian fits of the 2048-dimensional pool features
+FD (see :mod:`fmmkit.metrics.frechet`) between Gaussian fits of the 2048-dimensional pool features
 of samples and reference images, both mapped from [-1, 1] to uint8 RGB (one-channel images are
 repeated to three channels). fmmkit never downloads the network: it runs only when torch-fidelity
 is installed (``pip install torch-fidelity``, or ``torchmetrics[image]``, which depends on it)
@@ -23,7 +23,7 @@ from fmmkit.core import DataSource, Metric
 from fmmkit.core.errors import UserError
 from fmmkit.core.validators import positive
 from fmmkit.hookspecs import hookimpl
-from fmmkit.metrics._frechet import frechet_distance_of_features
+from fmmkit.metrics.frechet import frechet_distance_of_features
 
 INCEPTION_WEIGHTS = "pt_inception-2015-12-05-6726825d.pth"
 

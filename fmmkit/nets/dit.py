@@ -4,7 +4,7 @@ Patchify (a p x p conv with stride p) plus fixed 2D sine-cosine position embeddi
 adaLN-Zero blocks: with (shift, scale, gate) x 2 = Linear(SiLU(c)), zero-initialised,
   x <- x + gate_1 * Attn(LN(x) (1 + scale_1) + shift_1),   x <- x + gate_2 * MLP(LN(x) (1 + scale_2) + shift_2);
 a final adaptive LayerNorm and a zero-initialised linear layer back to p x p x C per token, then
-unpatchify. c = c(s, t, y) from :class:`fmmkit.nets._conditioning.ConditionEmbedding`; label
+unpatchify. c = c(s, t, y) from :class:`fmmkit.nets.conditioning.ConditionEmbedding`; label
 dropout (classifier-free guidance) uses the extra null class.
 
 Presets ``preset = "S/2"`` ... ``"XL/8"``: S (depth 12, width 384, 6 heads), B (12, 768, 12),
@@ -24,7 +24,7 @@ from torch.nn import functional as F
 from fmmkit.core import BuildContext
 from fmmkit.core.validators import SpecValueError, non_negative, one_of, positive, unit_interval
 from fmmkit.hookspecs import hookimpl
-from fmmkit.nets._conditioning import BackboneConfigError, ConditionEmbedding, image_shape, zero_
+from fmmkit.nets.conditioning import BackboneConfigError, ConditionEmbedding, image_shape, zero_
 from fmmkit.nets.attention import AttentionBackbone, SelfAttention, resolve_backends
 from fmmkit.nets.embeddings import TIME_EMBEDDINGS, TIME_PAIRS
 

@@ -9,7 +9,7 @@ initial flow map is X_{s,t} = x). Each residual block is modulated by the condit
 c(s, t, y) through adaptive GroupNorm: h <- GN(h) (1 + scale(c)) + shift(c).
 
 Attention uses the backend named by ``attention`` and, inside ``forward_ad_mode()`` (every
-derivative pass of fmmkit.derivatives), the one named by ``forward_ad_attention``.
+derivative pass of fmmkit.core.derivatives), the one named by ``forward_ad_attention``.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from torch.nn import functional as F
 from fmmkit.core import BuildContext
 from fmmkit.core.validators import SpecValueError, each, non_negative, one_of, positive, unit_interval
 from fmmkit.hookspecs import hookimpl
-from fmmkit.nets._conditioning import BackboneConfigError, ConditionEmbedding, image_shape, zero_
+from fmmkit.nets.conditioning import BackboneConfigError, ConditionEmbedding, image_shape, zero_
 from fmmkit.nets.attention import AttentionBackbone, SelfAttention, resolve_backends
 from fmmkit.nets.embeddings import TIME_EMBEDDINGS, TIME_PAIRS
 

@@ -17,7 +17,7 @@ import cattrs
 from fmmkit.core.validators import SpecValueError
 from fmmkit.registry import Registry, RegistryError, get_registry, plural
 from fmmkit.spec.errors import SpecError
-from fmmkit.spec.schema import DEFAULT_ODE_SOLVERS, ComponentSpec, Spec, TeacherSpec
+from fmmkit.spec.schema import DEFAULT_ODE_SOLVERS, ComponentSpec, Spec
 from fmmkit.spec.toml_writer import dumps
 
 if sys.version_info >= (3, 11):
@@ -25,7 +25,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-RUN_MARKERS = ("spec.toml", "model.safetensors")
+#: The teacher kind a ``[teacher] run = "RUN_DIR"`` table means.
+RUN_TEACHER = "run"
 
 
 def _type_name(value: Any) -> str:
@@ -133,11 +134,13 @@ def _component(table: Any, kind: str, path: str, origin: str, registry: Registry
     return ComponentSpec(kind=name, config=_structure(params, entry.config, path, origin))
 
 
-def _teacher(table: Any, origin: str, registry: Registry, base_dir: Path | None, check_paths: bool = True) -> TeacherSpec:
+def _teacher(table: Any, origin: str, registry: Registry, base_dir: Path | None, check_paths: bool = True) -> ComponentSpec:
+    from fmmkit.runs.layout import RUN_MARKERS
+
     if not isinstance(table, dict):
         raise SpecError.at(origin, "teacher", f"expected a table, got {table!r}")
-    if "run" in table:
-        extra = sorted(set(table) - {"run"})
+    if "run" in table and table.get("kind", RUN_TEACHER) == RUN_TEACHER:
+        extra = sorted(set(table) - {"run", "kind"})
         if extra:
             raise SpecError.at(origin, f"teacher.{extra[0]}", "unknown key; a run teacher takes only run = \"RUN_DIR\"")
         run = table["run"]
@@ -154,9 +157,9 @@ def _teacher(table: Any, origin: str, registry: Registry, base_dir: Path | None,
                 f"no trained run at '{run}' (missing {', '.join(missing)}); train the teacher first "
                 "(fmmkit train TEACHER_SPEC --out DIR) and point run at DIR",
             )
-        return TeacherSpec(run=str(path.resolve()))
+        return _component({"kind": RUN_TEACHER, "run": str(path.resolve())}, "teacher", "teacher", origin, registry)
     if "kind" in table:
-        return TeacherSpec(component=_component(table, "teacher", "teacher", origin, registry))
+        return _component(table, "teacher", "teacher", origin, registry)
     raise SpecError.at(origin, "teacher", "needs run = \"RUN_DIR\" (a trained run) or kind = \"...\" (a registered teacher)")
 
 
@@ -297,10 +300,10 @@ def spec_to_dict(spec: Spec) -> dict[str, Any]:
         value = getattr(spec, field.name)
         if field.metadata.get("internal") or field.name == "name" or value is None:
             continue
-        if isinstance(value, ComponentSpec):
+        if field.name == "teacher" and value.kind == RUN_TEACHER:
+            out[field.name] = {"run": value.config.run}  # as written: a run teacher needs no kind
+        elif isinstance(value, ComponentSpec):
             out[field.name] = _unstructure_component(value)
-        elif isinstance(value, TeacherSpec):
-            out[field.name] = {"run": value.run} if value.run else _unstructure_component(value.component)  # type: ignore[arg-type]
         else:
             table = {}
             for sub in attrs.fields(type(value)):

@@ -24,14 +24,6 @@ class ComponentSpec:
 
 
 @attrs.define(frozen=True)
-class TeacherSpec:
-    """A frozen teacher velocity: a trained run directory, or a registered teacher kind."""
-
-    run: str | None = None
-    component: ComponentSpec | None = None
-
-
-@attrs.define(frozen=True)
 class OptimConfig:
     """Optimiser (adam, adamw, radam), learning-rate schedule and gradient clipping (0 = off)."""
 
@@ -172,7 +164,8 @@ class Spec:
     loss: ComponentSpec = attrs.field(metadata={"component": "loss"})
     interpolant: ComponentSpec = attrs.field(metadata={"component": "interpolant", "default_kind": "linear"})
     model: ComponentSpec = attrs.field(metadata={"component": "backbone", "default_kind": "mlp"})
-    teacher: TeacherSpec | None = None
+    #: A frozen teacher velocity: a registered teacher kind; ``[teacher] run = "DIR"`` is the ``run`` teacher.
+    teacher: ComponentSpec | None = None
     optim: OptimConfig = attrs.field(factory=OptimConfig)
     train: TrainConfig = attrs.field(factory=TrainConfig)
     sample: SampleConfig = attrs.field(factory=SampleConfig)

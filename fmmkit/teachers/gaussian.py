@@ -9,9 +9,8 @@ from __future__ import annotations
 import attrs
 
 from fmmkit.core import BuildContext, Component
-from fmmkit.core.validators import each, positive
-from fmmkit.exact import GaussianFlowMap
-from fmmkit.gaussian_config import non_empty, per_coordinate
+from fmmkit.core.validators import each, non_empty, positive
+from fmmkit.exact import GaussianFlowMap, per_coordinate
 from fmmkit.hookspecs import hookimpl
 
 

@@ -12,9 +12,8 @@ import attrs
 import torch
 
 from fmmkit.core import BuildContext, Component
-from fmmkit.core.validators import SpecValueError, each, positive
-from fmmkit.exact import GaussianMixtureFlowMap
-from fmmkit.gaussian_config import non_empty, per_coordinate
+from fmmkit.core.validators import SpecValueError, each, non_empty, positive
+from fmmkit.exact import GaussianMixtureFlowMap, per_coordinate
 from fmmkit.hookspecs import hookimpl
 
 

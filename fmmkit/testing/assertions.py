@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from fmmkit.core import Backbone, Batch, FlowMap, FlowMapLike, Interpolant, Loss, VelocityField
-from fmmkit.derivatives import DerivativeMethod
+from fmmkit.core.derivatives import DerivativeMethod
 from fmmkit.exact import GaussianFlowMap
 from fmmkit.verification import laws as L
 

@@ -27,10 +27,10 @@ from typing import Any
 import torch
 
 from fmmkit.core.errors import UserError
+from fmmkit.runs.layout import CHECKPOINT_DIR
 from fmmkit.training.distributed import DistEnv, all_agree, barrier, gather_bytes
 from fmmkit.training.statefile import StateFormatError, dumps_state, loads_state
 
-CHECKPOINT_DIR = "checkpoints"
 MANIFEST = "checkpoint.json"
 FORMAT_VERSION = 1
 _STEP_DIR = re.compile(r"^step-(\d+)$")

@@ -31,6 +31,17 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from fmmkit.spec.errors import SpecError
+
+
+def resolve_device(name: str) -> torch.device:
+    """"auto" is CUDA when a GPU is visible, else the CPU; anything else as given."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SpecError([f"train.device: '{name}' asked for but no CUDA device is visible; use \"auto\" or \"cpu\""])
+    return device
 
 
 @dataclass(frozen=True)
@@ -59,8 +70,6 @@ def launched_world_size() -> int:
 
 def process_device(name: str, env: DistEnv) -> torch.device:
     """The device of this process: under torchrun with CUDA, GPU ``local_rank``."""
-    from fmmkit.training.build import resolve_device
-
     device = resolve_device(name)
     if env.active and device.type == "cuda" and device.index is None:
         device = torch.device("cuda", env.local_rank)

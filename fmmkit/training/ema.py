@@ -12,37 +12,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from fmmkit.spec import Spec, SpecError
+from fmmkit.runs.layout import RAW, ema_labels, sampling_label, weights_file
 from fmmkit.spec.schema import EMAConfig
 
-RAW = "raw"
-
-
-def _number(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() else f"{x:g}"
-
-
-def ema_labels(config: EMAConfig) -> list[str]:
-    """``ema-0.999`` for a decay, ``ema-hl500000`` for a half-life of 500000 samples."""
-    return [f"ema-{_number(d)}" for d in config.decays] + [f"ema-hl{_number(h)}" for h in config.half_lives]
-
-
-def sampling_label(spec: Spec) -> str:
-    """The weights sampling and evaluation use: ``ema.sample_with``, "auto" being the first EMA (else raw)."""
-    labels = ema_labels(spec.ema)
-    choice = spec.ema.sample_with
-    if choice == "auto":
-        return labels[0] if labels else RAW
-    if choice != RAW and choice not in labels:
-        raise SpecError([f"{spec.source}: ema.sample_with: '{choice}' is not one of this run's weights; "
-                         f"use \"auto\", \"raw\" or one of {labels}"])
-    return choice
-
-
-def weights_file(label: str) -> str:
-    """The run-directory file of the weights named ``label``."""
-    return "model.safetensors" if label == RAW else f"{label}.safetensors"
-
+__all__ = ["EMA", "RAW", "ema_labels", "sampling_label", "weights_file"]
 
 class EMA:
     """The moving averages of one model (shadow copies of its trainable parameters)."""

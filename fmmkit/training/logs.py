@@ -17,12 +17,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from fmmkit.runs import atomic_write_text
-
-METRICS_FILE = "metrics.jsonl"
-EVENTS_FILE = "events.jsonl"
-TENSORBOARD_DIR = "tensorboard"
-
+from fmmkit.runs.files import atomic_write_text
+from fmmkit.runs.layout import EVENTS_FILE, METRICS_FILE, TENSORBOARD_DIR
 
 def _tensorboard_writer(out: Path) -> Any | None:
     """A SummaryWriter under ``out/tensorboard``, or None when tensorboard is not installed."""

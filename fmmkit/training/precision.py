@@ -1,6 +1,6 @@
 """Mixed precision: bf16 autocast on CUDA, with forward-mode derivatives and time embeddings in float32.
 
-Losses take their JVPs inside ``model.forward_ad_mode()`` (see fmmkit.derivatives); the flow map
+Losses take their JVPs inside ``model.forward_ad_mode()`` (see fmmkit.core.derivatives); the flow map
 the trainer hands them under bf16 leaves autocast there, so the derivative pass runs in float32
 (low-precision JVPs and time embeddings are a known cause of gradient spikes, NVlabs/rcm #10).
 Time embeddings leave autocast on their own (fmmkit.nets.embeddings). bf16 needs no loss scaling.

@@ -17,17 +17,18 @@ from typing import Any
 import torch
 from torch import Tensor
 
-import fmmkit
 from fmmkit.core import FlowMap, Loss
-from fmmkit.runs import save_tensors
+from fmmkit.runs.files import save_tensors
 from fmmkit.spec import Spec, SpecError
 from fmmkit.training import distributed as dist
 from fmmkit.training.checkpoint import LoadedCheckpoint, save_checkpoint
 from fmmkit.training.distributed import DistEnv
-from fmmkit.training.ema import EMA, RAW, weights_file
+from fmmkit.runs.layout import RAW, weights_file
+from fmmkit.training.ema import EMA
 from fmmkit.training.optim import loss_parameters
 from fmmkit.training.rng import capture_rng, restore_rng
 from fmmkit.training.sharding import BatchPlan, Stream
+from fmmkit.version import __version__
 
 
 @dataclass
@@ -126,7 +127,7 @@ def write_checkpoint(out: Path, state: TrainState, env: DistEnv, spec: Spec, pla
     """Save ``state`` as checkpoint ``step-N`` (every process takes part)."""
     shared, per_rank = checkpoint_parts(state, sharded)
     meta = {"parallel": "fsdp" if sharded else "ddp", "micro_batches": plan.micro_batches,
-            "fmmkit": fmmkit.__version__, "torch": torch.__version__}
+            "fmmkit": __version__, "torch": torch.__version__}
     return save_checkpoint(out, state.step, shared, per_rank, env, spec.checkpoint.keep, meta, gather=not sharded,
                            device=state.streams[0].device)
 
@@ -139,7 +140,7 @@ def weights_state(state: TrainState, label: str) -> dict[str, Tensor]:
 
 def export_weights(out: Path, state: TrainState, env: DistEnv) -> None:
     """Write ``model.safetensors`` and each ``ema-LABEL.safetensors`` into the run directory."""
-    meta = {"fmmkit": fmmkit.__version__, "steps": str(state.step)}
+    meta = {"fmmkit": __version__, "steps": str(state.step)}
     for label in (RAW, *state.ema.labels):
         tensors = weights_state(state, label)
         if env.is_main:

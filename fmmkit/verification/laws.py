@@ -11,7 +11,7 @@ is zero for the exact flow map of b:
   Lagrangian     d/dt X_{s,t}(x) - b_t(X_{s,t}(x))
   Eulerian       d/ds X_{s,t}(x) + grad_x X_{s,t}(x) b_s(x)
 
-Derivatives come from :mod:`fmmkit.derivatives` (one forward-mode JVP, or central differences), so a
+Derivatives come from :mod:`fmmkit.core.derivatives` (one forward-mode JVP, or central differences), so a
 check exercises the same machinery as the losses. Residual functions that involve a velocity also
 return the velocity they compared against, as the natural scale of the residual.
 """
@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from fmmkit.core import FlowMapLike, VelocityField
-from fmmkit.derivatives import DerivativeMethod, eulerian_derivative, time_derivative
+from fmmkit.core.derivatives import DerivativeMethod, eulerian_derivative, time_derivative
 
 #: Every law these functions measure, in the order reports list them.
 LAW_NAMES: tuple[str, ...] = ("identity", "tangent", "semigroup", "invertibility", "lagrangian", "eulerian")
@@ -85,7 +85,7 @@ def eulerian_residual(fm: FlowMapLike, field: VelocityField, x: Tensor, s: Tenso
 
 
 def _as_model(fm: FlowMapLike) -> Any:
-    """fmmkit.derivatives takes a FlowMap; any nn.Module map with forward_ad_mode works the same way."""
+    """fmmkit.core.derivatives takes a FlowMap; any nn.Module map with forward_ad_mode works the same way."""
     if not isinstance(fm, torch.nn.Module):
         raise TypeError(f"derivative laws need an nn.Module flow map (for forward-mode AD), got {type(fm).__name__}")
     return fm

@@ -315,7 +315,7 @@ def _growth(model: Any, marginal: Marginal, exact: FlowMapLike | None, settings:
 
 
 def _run_domain(run: Any, settings: VerifySettings) -> TimeDomain:
-    from fmmkit.timesampling import TimeSampling, stochastic_time_bounds
+    from fmmkit.losses.times import TimeSampling, stochastic_time_bounds
 
     times = getattr(run.spec.loss.config, "times", None)
     times = times if isinstance(times, TimeSampling) else TimeSampling()
@@ -333,7 +333,7 @@ def _run_domain(run: Any, settings: VerifySettings) -> TimeDomain:
 def run_references(run: Any) -> tuple[VelocityField | None, FlowMapLike | None, list[str]]:
     """(teacher, exact reference map, notes) of a loaded run."""
     from fmmkit.exact import ExactFlowMap
-    from fmmkit.training.build import build_teacher
+    from fmmkit.runs.teacher import build_teacher
 
     notes = []
     teacher = None
@@ -351,7 +351,7 @@ def run_references(run: Any) -> tuple[VelocityField | None, FlowMapLike | None, 
 
 def verify_run(run: Any, settings: VerifySettings | None = None) -> Report:
     """Measure the laws of a trained run (a :class:`fmmkit.runs.Run` or its directory)."""
-    from fmmkit.runs import load_run
+    from fmmkit.runs.run import load_run
 
     settings = settings or VerifySettings()
     if isinstance(run, (str, Path)):

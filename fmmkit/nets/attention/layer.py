@@ -3,7 +3,7 @@ for derivative passes.
 
 A :class:`SelfAttention` layer holds two backends: ``backend`` for ordinary passes and
 ``forward_ad_backend`` for passes inside ``AttentionBackbone.forward_ad_mode()``, which
-``fmmkit.derivatives.directional_derivative`` enters around every ``torch.func.jvp``. So a loss
+``fmmkit.core.derivatives.directional_derivative`` enters around every ``torch.func.jvp``. So a loss
 that needs a JVP gets a forward-mode-capable kernel automatically, while sampling and plain
 training passes keep the fast fused one. If a JVP reaches a backend without forward-mode AD
 anyway (``torch.func.jvp`` called directly, outside the mode), the NotImplementedError of the
@@ -81,7 +81,7 @@ class SelfAttention(nn.Module):
                 warnings.warn(
                     f"attention backend {backend.name} raised NotImplementedError ({str(exc).splitlines()[0][:120]}); "
                     f"using {self.forward_ad_backend.name} instead. Take derivatives through "
-                    "fmmkit.derivatives (or inside model.forward_ad_mode()) to select it up front.",
+                    "fmmkit.core.derivatives (or inside model.forward_ad_mode()) to select it up front.",
                     RuntimeWarning,
                     stacklevel=3,
                 )

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from fmmkit.core import Batch, DataSource, FlowMap, Interpolant, Loss, LossOutput, VelocityField
 from fmmkit.core.validators import non_negative, positive
-from fmmkit.timesampling import TimeSampling
+from fmmkit.losses.times import TimeSampling
 
 
 @attrs.define(frozen=True)

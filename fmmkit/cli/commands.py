@@ -22,8 +22,7 @@ from pathlib import Path
 
 from fmmkit.core.errors import UserError
 from fmmkit.registry import PluginWarning, plural
-
-
+from fmmkit.runs.layout import EVAL_FILE, VERIFY_FILE
 
 
 def _one_line_warnings() -> None:
@@ -40,7 +39,7 @@ def _one_line_warnings() -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     import os
 
-    from fmmkit.training.trainer import resume_run, train
+    from fmmkit.training.loop import resume_run, train
 
     if args.resume is not None:
         if args.spec is not None or args.out is not None or args.overwrite:
@@ -58,7 +57,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_sample(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from fmmkit.runs import load_run
+    from fmmkit.runs.run import load_run
 
     run = load_run(args.run_dir)
     out = Path(args.out)
@@ -83,7 +82,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     rows = evaluate(args.run_dir, num_samples=args.num)
     print(format_table(rows))
-    print(f"written: {Path(args.run_dir) / 'eval.json'}")
+    print(f"written: {Path(args.run_dir) / EVAL_FILE}")
     return 0
 
 
@@ -124,21 +123,21 @@ def cmd_spec(args: argparse.Namespace) -> int:
 
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
-    from fmmkit.quickstart import run_quickstart
+    from fmmkit.cli.quickstart import run_quickstart
 
     run_quickstart(Path(args.out), progress=not args.quiet, overrides=args.set)
     return 0
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from fmmkit.runs import atomic_write_text
+    from fmmkit.runs.files import atomic_write_text
     from fmmkit.verification import VerifySettings, format_report, parse_thresholds, verify_run
 
     settings = VerifySettings(num_points=args.num, search_examples=args.search_examples, seed=args.seed,
                               order=args.order, derivative=args.derivative, thresholds=parse_thresholds(args.threshold))
     report = verify_run(args.run_dir, settings)
     print(report.to_json() if args.json else format_report(report))
-    out = Path(args.run_dir) / "verify.json"
+    out = Path(args.run_dir) / VERIFY_FILE
     atomic_write_text(out, report.to_json())
     if not args.json:
         print(f"written: {out}")
@@ -220,6 +219,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("fmmkit: interrupted", file=sys.stderr)
         return 130
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -15,7 +15,10 @@ from typing import Any
 import torch
 
 from fmmkit.core import BuildContext, VelocityField
-from fmmkit.runs import Run, atomic_write_text, load_run
+from fmmkit.runs.files import atomic_write_text
+from fmmkit.runs.layout import EVAL_FILE, SAMPLES_FILE
+from fmmkit.runs.run import Run, load_run
+from fmmkit.runs.teacher import build_teacher
 from fmmkit.spec import SpecError
 
 
@@ -30,13 +33,9 @@ class EvalRow:
 
 
 def _teacher_field(run: Run) -> tuple[str, VelocityField]:
-    teacher = run.spec.teacher
-    if teacher is not None and teacher.run is not None and (Path(teacher.run) / "model.safetensors").is_file():
-        return "teacher ODE", load_run(teacher.run, device=run.device, registry=run.registry).model
-    if teacher is not None and teacher.component is not None:
-        ctx = BuildContext(data_shape=tuple(run.data.shape), num_classes=run.data.num_classes, interpolant=run.interpolant)
-        return "teacher ODE", run.registry.build("teacher", teacher.component.kind, teacher.component.config, ctx)
-    return "ODE", run.model
+    """The teacher's velocity when the run has one (and its files are still there), else the run's own."""
+    teacher = build_teacher(run.spec, run.interpolant, run.data, run.registry, run.device, missing_ok=True)
+    return ("teacher ODE", teacher) if teacher is not None else ("ODE", run.model)
 
 
 def _timed(fn: Any) -> tuple[Any, float]:
@@ -86,7 +85,7 @@ def evaluate(run: Run | str | Path, num_samples: int | None = None, write: bool 
         scores = {name: _score(name, metric, samples, reference, run) for name, metric in metrics.items()}
         rows.append(EvalRow(label, result.nfe, n / max(seconds, 1e-9), scores))
     if write:
-        atomic_write_text(run.path / "eval.json", json.dumps({"num_samples": n, "rows": [asdict(r) for r in rows]}, indent=2))
+        atomic_write_text(run.path / EVAL_FILE, json.dumps({"num_samples": n, "rows": [asdict(r) for r in rows]}, indent=2))
     return rows
 
 
@@ -107,7 +106,7 @@ def is_image_data(run: Run) -> bool:
 
 def save_panels(run: Run, panels: list[tuple[str, Any]], path: Path) -> Path:
     """A PNG of titled panels beside the data: scatter plots for points, image grids for images."""
-    from fmmkit.plots import IMAGE_GRID_SIZE, save_image_grids, save_sample_grid
+    from fmmkit.evaluation.plots import IMAGE_GRID_SIZE, save_image_grids, save_sample_grid
 
     n = max(len(samples) for _, samples in panels)
     n = min(n, IMAGE_GRID_SIZE) if is_image_data(run) else n
@@ -121,7 +120,7 @@ def save_panels(run: Run, panels: list[tuple[str, Any]], path: Path) -> Path:
 def save_pictures(run: Run, path: Path | None = None) -> Path:
     """A PNG of scatter plots (image grids for image data): the data, then the flow map at each step
     count (or the ODE)."""
-    from fmmkit.plots import IMAGE_GRID_SIZE
+    from fmmkit.evaluation.plots import IMAGE_GRID_SIZE
 
     n = run.spec.sample.num_pictures
     n = min(n, IMAGE_GRID_SIZE) if is_image_data(run) else n
@@ -132,4 +131,4 @@ def save_pictures(run: Run, path: Path | None = None) -> Path:
     for label, sampler, model in [*flow_map_rows(run), (f"{prefix} {ode.label}", ode, field_)]:
         with torch.no_grad():
             panels.append((label, sampler(model, x0).x.float().cpu().numpy()))
-    return save_panels(run, panels, path or run.path / "samples.png")
+    return save_panels(run, panels, path or run.path / SAMPLES_FILE)

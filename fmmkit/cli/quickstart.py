@@ -7,7 +7,7 @@ from pathlib import Path
 
 from fmmkit.evaluation import evaluate, format_table
 from fmmkit.spec.loader import read_toml
-from fmmkit.training.trainer import train
+from fmmkit.training.loop import train
 
 TEACHER_SPEC = "checkerboard_teacher.toml"
 FLOW_MAP_SPEC = "checkerboard_lmd.toml"

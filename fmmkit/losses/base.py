@@ -2,9 +2,9 @@
 
 A loss here subclasses :class:`FlowMapLoss` and returns named :class:`Term` s of per-sample squared
 residuals (averaged over dimensions) with their times (s, t); the base class draws label dropout,
-reduces all terms together with the configured :mod:`fmmkit.weighting` (so a term's share of the loss
+reduces all terms together with the configured :mod:`fmmkit.losses.weighting` (so a term's share of the loss
 is its share of the batch), and logs each term's unweighted mean. Configs may carry ``times``
-(:class:`fmmkit.timesampling.TimeSampling`), ``weighting`` and ``guidance`` tables.
+(:class:`fmmkit.losses.times.TimeSampling`), ``weighting`` and ``guidance`` tables.
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ from fmmkit.core import Batch, BuildContext, FlowMap, Interpolant, InterpolantSa
 from fmmkit.core.flow_map import time_dtype
 from fmmkit.core.shapes import broadcast_time, mean_squares
 from fmmkit.core.validators import non_negative, one_of, unit_interval
-from fmmkit.derivatives import DERIVATIVE_METHODS, eulerian_velocity_derivative
-from fmmkit.guidance import GuidanceConfig, drop_labels, guided_regression_target, guided_velocity
-from fmmkit.timesampling import TimeSampling, diagonal_count, stochastic_time_bounds
-from fmmkit.weighting import Weighting, WeightingConfig
+from fmmkit.core.derivatives import DERIVATIVE_METHODS, eulerian_velocity_derivative
+from fmmkit.losses.guidance import GuidanceConfig, drop_labels, guided_regression_target, guided_velocity
+from fmmkit.losses.times import TimeSampling, diagonal_count, stochastic_time_bounds
+from fmmkit.losses.weighting import Weighting, WeightingConfig
 
 
 @attrs.define(frozen=True)

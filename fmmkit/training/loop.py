@@ -29,33 +29,27 @@ from typing import Any
 import torch
 from torch import Tensor
 
-import fmmkit
-from fmmkit.core import Batch, FlowMap, Loss
-from fmmkit.core.errors import UserError
 from fmmkit.registry import Registry, get_registry
-from fmmkit.runs import SPEC_FILE, Run, atomic_write_text
+from fmmkit.runs.files import atomic_write_text
+from fmmkit.runs.layout import (CHECKPOINT_DIR, EVENTS_FILE, METRICS_FILE, PICTURES_DIR, RUN_INFO_FILE, SPEC_FILE,
+                                TENSORBOARD_DIR, picture_file, sampling_label, weights_file)
+from fmmkit.runs.run import load_run, open_run
 from fmmkit.spec import Spec, SpecError, load_spec, spec_to_toml
-from fmmkit.spec.loader import spec_to_dict
 from fmmkit.training import distributed as dist
-from fmmkit.training.build import Pipeline, build_model, build_pipeline
-from fmmkit.training.checkpoint import CHECKPOINT_DIR, list_checkpoints, load_latest, remove_staging
+from fmmkit.training.build import Pipeline, build_pipeline
+from fmmkit.training.checkpoint import list_checkpoints, load_latest, remove_staging
+from fmmkit.training.compile import make_compute
 from fmmkit.training.distributed import DistEnv
-from fmmkit.training.ema import EMA, sampling_label, weights_file
-from fmmkit.training.logs import EVENTS_FILE, METRICS_FILE, TENSORBOARD_DIR, RunLog
+from fmmkit.training.ema import EMA
+from fmmkit.training.errors import TrainingError
+from fmmkit.training.logs import RunLog
 from fmmkit.training.optim import loss_parameters, make_optimizer, make_scheduler
 from fmmkit.training.precision import autocast, autocast_dtype, with_float32_derivatives
+from fmmkit.training.resume import check_resumable
 from fmmkit.training.sharding import BatchPlan, Stream
 from fmmkit.training.signals import StopFlag, TrainingInterrupted
 from fmmkit.training.state import TrainState, export_weights, restore, weights_state, write_checkpoint
-
-PICTURES_DIR = "pictures"
-#: Keys a resumed run may change; anything else must match the run's spec.toml.
-RESUMABLE_CHANGES = ("train.steps", "train.log_every", "train.threads", "train.device", "sample", "eval", "log",
-                     "checkpoint", "compile")
-
-
-class TrainingError(UserError):
-    """Training cannot go on (a non-finite loss, say); the message names the step and the term."""
+from fmmkit.version import __version__
 
 
 def prepare_run_dir(out: Path, overwrite: bool) -> None:
@@ -89,15 +83,13 @@ def save_step_pictures(out: Path, pipeline: Pipeline, state: TrainState, env: Di
     """Sample pictures of the sampling weights at the current step (rank 0 draws, all gather)."""
     from fmmkit.evaluation import save_pictures
 
-    tensors = weights_state(state, sampling_label(pipeline.spec))
+    label = sampling_label(pipeline.spec)
+    tensors = weights_state(state, label)
     if not env.is_main:
         return
-    registry = pipeline.registry or get_registry()
-    model = build_model(pipeline.spec, pipeline.data, registry)
-    model.load_state_dict(tensors)
-    run = Run(out, pipeline.spec, pipeline.data, pipeline.interpolant, model.to(pipeline.device).eval(), registry,
-              pipeline.device)
-    save_pictures(run, out / PICTURES_DIR / f"step-{state.step:09d}.png")
+    run = open_run(out, pipeline.spec, pipeline.registry or get_registry(), pipeline.device, tensors, label=label,
+                   data=pipeline.data, interpolant=pipeline.interpolant)
+    save_pictures(run, out / picture_file(state.step))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -106,31 +98,6 @@ def save_step_pictures(out: Path, pipeline: Pipeline, state: TrainState, env: Di
 
 def _as_float(value: Any, device: torch.device) -> Tensor:
     return torch.as_tensor(value.detach() if isinstance(value, Tensor) else value, dtype=torch.float64, device=device)
-
-
-def make_compute(model: FlowMap, loss: Loss, teacher: Any, spec: Spec) -> Any:
-    """fn(x1, y, step) -> (loss, terms) for one micro-batch; torch.compile'd when ``compile.enabled``."""
-
-    def compute(x1: Tensor, y: Tensor | None, step: int) -> tuple[Tensor, dict[str, Any]]:
-        output = loss(model, Batch(x1, y), teacher=teacher, step=step)
-        return output.loss, dict(output.metrics)
-
-    if not spec.compile.enabled:
-        return compute
-    options = {"mode": spec.compile.mode} if spec.compile.backend == "inductor" else {}
-    compiled = torch.compile(compute, backend=spec.compile.backend, fullgraph=spec.compile.fullgraph, **options)
-
-    def run(x1: Tensor, y: Tensor | None, step: int) -> tuple[Tensor, dict[str, Any]]:
-        torch._dynamo.mark_static(x1)  # micro-batches keep their size: no dynamic-shape recompiles
-        try:
-            return compiled(x1, y, step)
-        except torch._dynamo.exc.TorchDynamoException as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            raise TrainingError(f"step {step + 1}: torch.compile could not compile loss '{spec.loss.kind}' "
-                                f"({type(exc).__name__}: {first[:300]}); set compile.enabled = false") from exc
-
-    run.compiled = compiled  # type: ignore[attr-defined]
-    return run
 
 
 def nonfinite_problem(step: int, values: dict[str, float], grad_norm: float, state: TrainState) -> str | None:
@@ -270,35 +237,6 @@ def train_pipeline(pipeline: Pipeline, out: Path, progress: bool = True, *, env:
 # entry points
 
 
-def _first_difference(a: Any, b: Any, path: str = "") -> str | None:
-    if isinstance(a, dict) and isinstance(b, dict):
-        for key in sorted(set(a) | set(b)):
-            found = _first_difference(a.get(key), b.get(key), f"{path}.{key}" if path else key)
-            if found:
-                return found
-        return None
-    return None if a == b else path
-
-
-def check_resumable(out: Path, spec: Spec, registry: Registry) -> None:
-    """The run in ``out`` has checkpoints and was trained with ``spec`` (up to RESUMABLE_CHANGES)."""
-    if not (out / SPEC_FILE).is_file():
-        raise SpecError([f"{out}: no run to resume there (no {SPEC_FILE}); start it with 'fmmkit train SPEC --out {out}'"])
-    if not list_checkpoints(out):
-        raise SpecError([f"{out}: the run stopped before its first checkpoint; start it again with "
-                         f"'fmmkit train {out / SPEC_FILE} --out {out} --overwrite'"])
-    stored = load_spec(out / SPEC_FILE, registry=registry)
-    mine, theirs = spec_to_dict(spec), spec_to_dict(stored)
-    for key in RESUMABLE_CHANGES:
-        section, _, leaf = key.partition(".")
-        for d in (mine, theirs):
-            (d.get(section, {}).pop(leaf, None) if leaf else d.pop(section, None))
-    diff = _first_difference(mine, theirs)
-    if diff is not None:
-        raise SpecError([f"{out / SPEC_FILE}: {diff} differs from the spec being resumed; a resumed run keeps its spec "
-                         f"(only {', '.join(RESUMABLE_CHANGES)} may change)"])
-
-
 def train(spec: str | Path | dict[str, Any] | Spec, *, out: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
           overwrite: bool = False, progress: bool = True, pictures: bool = True, registry: Registry | None = None,
           resume: bool = False) -> Path:
@@ -328,14 +266,13 @@ def train(spec: str | Path | dict[str, Any] | Spec, *, out: str | Path | None = 
         started = time.time()
         last = train_pipeline(pipeline, out_dir, progress, env=env, resume=resume)
         if env.is_main:
-            meta = {"fmmkit": fmmkit.__version__, "torch": torch.__version__, "device": str(device),
+            meta = {"fmmkit": __version__, "torch": torch.__version__, "device": str(device),
                     "processes": env.world_size, "steps": resolved.train.steps,
                     "weights": weights_file(sampling_label(resolved)),
                     "seconds": round(time.time() - started, 2), "final": last}
-            atomic_write_text(out_dir / "run.json", json.dumps(meta, indent=2))
+            atomic_write_text(out_dir / RUN_INFO_FILE, json.dumps(meta, indent=2))
             if pictures:
                 from fmmkit.evaluation import save_pictures
-                from fmmkit.runs import load_run
 
                 save_pictures(load_run(out_dir, registry=registry))
         dist.barrier(env)
