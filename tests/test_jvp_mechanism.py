@@ -15,12 +15,12 @@ import torch
 import torch.autograd.forward_ad as fwAD
 from torch import Tensor, nn
 
-import fmmkit.derivatives
+import fmmkit.core.derivatives as derivatives_module
 from fmmkit.core import Batch, BuildContext, FlowMap
 from fmmkit.core.jvp import DualSiLU, FrozenWeightTangents, dual_numbers_unavailable, jvp
 from fmmkit.core.shapes import broadcast_time
-from fmmkit.derivatives import eulerian_velocity_derivative
-from fmmkit.losses._common import FlowMapLoss
+from fmmkit.core.derivatives import eulerian_velocity_derivative
+from fmmkit.losses.base import FlowMapLoss
 from fmmkit.registry import get_registry
 from fmmkit.spec.loader import _component
 
@@ -51,7 +51,7 @@ def reference_machinery(monkeypatch: pytest.MonkeyPatch) -> Any:
     @contextlib.contextmanager
     def swapped() -> Any:
         with monkeypatch.context() as m:
-            m.setattr(fmmkit.derivatives, "jvp", reference_jvp)
+            m.setattr(derivatives_module, "jvp", reference_jvp)
             m.setattr(FlowMapLoss, "eulerian_parts", reference_eulerian_parts)
             yield
 
