@@ -216,6 +216,7 @@ def uptime() -> str:
 
 def measure(trees: list[Path], settings: list[str], rounds: int, steps: int, log_every: int, memory: bool,
             cache: Path) -> dict[str, Any]:
+    """Time (``rounds`` > 0) and memory of every loss in every setting and tree."""
     results: dict[str, Any] = {"uptime_before": uptime()}
     for setting in settings:
         times: dict[str, dict[str, list[float]]] = {str(t): {} for t in trees}
@@ -232,7 +233,7 @@ def measure(trees: list[Path], settings: list[str], rounds: int, steps: int, log
         mem: dict[str, dict[str, dict[str, float]]] = {}
         if memory:
             for tree in trees:
-                labels = list(times[str(tree)])
+                labels = list(times[str(tree)]) or run_worker(tree, ["--worker", "labels"])
                 mem[str(tree)] = {label: run_worker(tree, ["--worker", "memory", "--setting", setting, "--label", label,
                                                            "--cache", str(cache)]) for label in labels}
         results[setting] = {"times": times, "ratios": ratios, "memory": mem}
@@ -246,14 +247,18 @@ def table(setting: str, data: dict[str, Any], tree: str, rounds: int) -> list[st
     lines = ["| loss | CPU ms / step | wall ms / step | x flow matching (CPU time) | issue 13 bar | "
              "step peak MB | x flow matching | RSS peak MB | x flow matching |", "|---|---|---|---|---|---|---|---|---|"]
     fm = mem.get("flow matching")
-    for label in times:
+    for label in times or mem:
         m = mem.get(label)
         mem_cols = (f"{m['step'] / 2**20:.1f} | {m['step'] / fm['step']:.2f} | {m['rss'] / 2**20:.0f} | "
                     f"{m['rss'] / fm['rss']:.2f}") if m and fm else "- | - | - | -"
         bar = f"<= {bars[label]}" if label in bars else ""
-        cpu = statistics.median(m_["cpu"] for m_ in times[label])
-        wall = statistics.median(m_["wall"] for m_ in times[label])
-        lines.append(f"| {label} | {cpu:.1f} | {wall:.1f} | **{statistics.median(ratios[label]):.2f}** | {bar} | {mem_cols} |")
+        if label in times:
+            cpu = statistics.median(m_["cpu"] for m_ in times[label])
+            wall = statistics.median(m_["wall"] for m_ in times[label])
+            time_cols = f"{cpu:.1f} | {wall:.1f} | **{statistics.median(ratios[label]):.2f}**"
+        else:
+            time_cols = "- | - | -"
+        lines.append(f"| {label} | {time_cols} | {bar} | {mem_cols} |")
     return lines
 
 
@@ -296,7 +301,7 @@ def report(results: dict[str, Any], trees: list[Path], args: argparse.Namespace)
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=SETTINGS)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=5, help="timed rounds (0: memory only)")
     parser.add_argument("--steps", type=int, default=40, help="steps per timed run")
     parser.add_argument("--log-every", type=int, default=10, help="the trainer's log interval")
     parser.add_argument("--tree", action="append", type=Path, default=None,
@@ -304,12 +309,15 @@ def main() -> None:
     parser.add_argument("--no-memory", dest="memory", action="store_false")
     parser.add_argument("--no-write", action="store_true", help="print without writing RESULTS.md")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "fmmkit-step-cost")
-    parser.add_argument("--worker", choices=("time", "memory"), help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=("time", "memory", "labels"), help=argparse.SUPPRESS)
     parser.add_argument("--setting", help=argparse.SUPPRESS)
     parser.add_argument("--label", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker == "time":
         print(json.dumps(time_worker(args.setting, args.steps, args.log_every, args.cache)))
+        return
+    if args.worker == "labels":
+        print(json.dumps([label for label, _, _ in registered_losses()]))
         return
     if args.worker == "memory":
         print(json.dumps(memory_worker(args.setting, args.label, args.cache)))
