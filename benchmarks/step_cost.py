@@ -86,10 +86,12 @@ def setting_spec(setting: str, kind: str, config: dict[str, Any], steps: int, lo
 
 
 def registered_losses() -> list[tuple[str, str, dict[str, Any]]]:
+    """The rows of LOSSES whose kind is registered (and named by ``FMMKIT_STEP_COST_ONLY``, if set)."""
     from fmmkit.registry import get_registry
 
     names = set(get_registry().names("loss"))
-    return [row for row in LOSSES if row[1] in names]
+    only = [label for label in os.environ.get("FMMKIT_STEP_COST_ONLY", "").split(",") if label]
+    return [row for row in LOSSES if row[1] in names and (not only or row[0] in only)]
 
 
 def teacher_run(setting: str, cache: Path) -> Path:
@@ -307,6 +309,7 @@ def main() -> None:
     parser.add_argument("--tree", action="append", type=Path, default=None,
                         help="source tree to measure (repeat for a side-by-side comparison; default: this one)")
     parser.add_argument("--no-memory", dest="memory", action="store_false")
+    parser.add_argument("--only", nargs="+", default=None, help="loss labels to measure (default: all registered)")
     parser.add_argument("--no-write", action="store_true", help="print without writing RESULTS.md")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "fmmkit-step-cost")
     parser.add_argument("--worker", choices=("time", "memory", "labels"), help=argparse.SUPPRESS)
@@ -322,6 +325,8 @@ def main() -> None:
     if args.worker == "memory":
         print(json.dumps(memory_worker(args.setting, args.label, args.cache)))
         return
+    if args.only:
+        os.environ["FMMKIT_STEP_COST_ONLY"] = ",".join(["flow matching", *args.only])  # the workers inherit it
     trees = [t.resolve() for t in (args.tree or [HERE.parent])]
     args.cache.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()

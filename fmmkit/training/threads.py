@@ -9,12 +9,14 @@ So the choice is the number of cores no other process is using:
     threads = max(1, round(usable cores - cores busy with other processes)),
 
 usable cores being the process's CPU affinity capped by a cgroup CPU quota, and the busy share being
-all CPU time in /proc/stat minus this process's own over a window: 0.2 s before the first step, then
+the CPU time of those cores in /proc/stat minus this process's own over a window: 0.1 s before the first step, then
 the time since the previous check, every ``interval`` seconds, so that a run adapts when other work
-starts or stops. Thread counts do not change the results here (the CPU kernels fmmkit's networks use
-split work over output elements; tests/test_threads.py trains with 1 and 2 threads and compares the
-weights bit for bit), so the choice does not touch reproducibility. Off Linux (no /proc/stat) it uses
-the usable cores. A positive ``train.threads`` is used as given.
+starts or stops. The thread count does not change an MLP run's results (the CPU kernels split work
+over output elements; tests/test_threads.py trains with 1 and 2 threads and compares the weights bit
+for bit); convolutions and group norms reduce in thread-dependent order, so a UNet's weights can
+differ in float rounding (7e-9 after three digits steps here): pin ``train.threads`` to reproduce
+such a run bit for bit under a different load. Off Linux (no /proc/stat) it uses the usable cores.
+A positive ``train.threads`` is used as given.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import torch
 #: seconds between two checks of the load while training
 CHECK_INTERVAL = 5.0
 #: the first check, before any step, measures the load over this window
-FIRST_WINDOW = 0.2
+FIRST_WINDOW = 0.1
 _STAT = Path("/proc/stat")
 
 
@@ -51,23 +53,39 @@ def usable_cores() -> int:
 
 @dataclass(frozen=True)
 class CpuSample:
-    """A moment's counters: wall clock (s), busy CPU time of the whole machine summed over cores (s,
-    /proc/stat: user, nice, system, irq, softirq, steal) and this process's CPU time (s)."""
+    """A moment's counters: wall clock (s), busy CPU time of the usable cores, summed (s, /proc/stat: user,
+    nice, system, irq, softirq, steal), and this process's CPU time (s)."""
 
     wall: float
     busy: float
     own: float
 
 
-def read_sample() -> CpuSample | None:
-    """The counters now, or None where /proc/stat cannot be read."""
+def _allowed_cpus() -> set[int] | None:
     try:
-        fields = _STAT.read_text().split("\n", 1)[0].split()
+        return set(os.sched_getaffinity(0))
+    except AttributeError:
+        return None
+
+
+def read_sample() -> CpuSample | None:
+    """The counters now (busy time summed over the CPUs this process may use: in a container /proc/stat
+    lists the host's), or None where /proc/stat cannot be read."""
+    try:
+        lines = _STAT.read_text().splitlines()
     except OSError:
         return None
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[1:9])
-    busy = (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-    return CpuSample(time.perf_counter(), busy, time.process_time())
+    allowed = _allowed_cpus()
+    busy_ticks = 0
+    for line in lines:
+        name, *fields = line.split()
+        if not name.startswith("cpu") or name == "cpu":
+            continue
+        if allowed is not None and int(name[3:]) not in allowed:
+            continue
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[:8])
+        busy_ticks += user + nice + system + irq + softirq + steal
+    return CpuSample(time.perf_counter(), busy_ticks / os.sysconf("SC_CLK_TCK"), time.process_time())
 
 
 def others_busy(before: CpuSample, after: CpuSample) -> float:
