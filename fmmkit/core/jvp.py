@@ -14,7 +14,7 @@ Both matter for speed, measured in benchmarks/jvp_mechanisms.py (RESULTS.md, "St
   tangent ``f(dx; W)``, joined into a dual number: one product for the tangent instead of two;
 - SiLU's forward-mode rule is a chain of differentiable multiplications whose backward costs about 8x a
   plain SiLU's; :class:`DualSiLU` computes (silu(z), silu'(z) dz) in two fused kernels and its backward
-  (silu'(z) g_h + silu''(z) dz g_dh, silu'(z) g_dh) in nine, half the time (the backbones' only
+  (silu'(z) g_h + silu''(z) dz g_dh, silu'(z) g_dh) in eight, half the time (the backbones' only
   activation besides DiT's GELU).
 
 The result and its gradients are the same as ``torch.func.jvp``'s to float rounding (the skipped
@@ -62,7 +62,7 @@ class DualSiLU(torch.autograd.Function):
         if g_dh is None:
             return g_z, None
         s = torch.sigmoid(z)
-        curvature = torch.addcmul(torch.full_like(z, 2.0), z, 1 - 2 * s).mul_(g_dh).mul_(dz)
+        curvature = torch.addcmul(z.new_tensor(2.0), z, torch.rsub(s, 1, alpha=2)).mul_(g_dh).mul_(dz)  # 2 + z (1 - 2 s)
         g_z = g_z + torch.ops.aten.sigmoid_backward(curvature, s)  # + s (1 - s) (2 + z (1 - 2 s)) dz g_dh
         return g_z, torch.ops.aten.silu_backward(g_dh, z) if ctx.needs_input_grad[1] else None
 
