@@ -15,8 +15,9 @@ matching's about 1.05x, after a 10-60 s compile (RESULTS.md, "Step cost ..."). S
    eager one by ``margin``; otherwise it goes back to eager for the rest of the run. A compile
    failure falls back to eager with a warning (with ``enabled = true`` it is an error).
 
-Each decision, the compile time and both medians are reported through ``on_event`` (the trainer
-writes them to events.jsonl). Compiled and eager steps agree to float rounding, not bit for bit: a
+Each decision to compile, keep or drop the compiled step, the compile time and both medians are
+reported through ``on_event`` (the trainer writes them to events.jsonl); staying eager because the
+run is short is the default and is not reported. Compiled and eager steps agree to float rounding, not bit for bit: a
 run resumed from a checkpoint continues exactly when it makes the same choice (``enabled = true`` or
 ``false`` pin it).
 """
@@ -73,6 +74,7 @@ class AutoCompile:
         self.compiled: Step | None = None
         self.intervals: list[float] = []
         self.eager_seconds = self.compiled_seconds = self.first_compiled_seconds = float("nan")
+        self.reason = ""
         self._last: float | None = None
 
     def __call__(self, *args: Any) -> Any:
@@ -104,10 +106,9 @@ class AutoCompile:
         self.eager_seconds = statistics.median(self.intervals)
         remaining = max(0, self.total_calls - self.calls) * self.eager_seconds
         if remaining * self.gain <= self.compile_seconds:
-            self.mode = "eager"
-            self.on_event("compile", decision="eager", reason="too few steps left for a compile to pay",
-                          eager_ms=round(self.eager_seconds * 1e3, 2), remaining_s=round(remaining, 1),
-                          expected_gain=self.gain, expected_compile_s=self.compile_seconds)
+            self.mode = "eager"  # what a run does by default: no event
+            self.reason = (f"too few steps left for a compile to pay: {remaining:.1f} s of eager steps x "
+                           f"{self.gain:.0%} expected gain <= {self.compile_seconds:.0f} s expected compile")
             return
         try:
             self.compiled = self.compile_fn(self.eager)
