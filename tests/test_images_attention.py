@@ -137,8 +137,8 @@ def test_direct_torch_func_jvp_falls_back_with_a_warning() -> None:
     x, s, t = torch.randn(2, 1, 8, 8), torch.zeros(2), torch.ones(2)
     with pytest.warns(RuntimeWarning, match="using ForwardADAttentionBackend instead"):
         out, tangent = torch.func.jvp(lambda t_: model(x, s, t_), (t,), (torch.ones(2),))
-    _, expected = time_derivative(model, x, s, t)
-    torch.testing.assert_close(tangent, expected, rtol=1e-5, atol=1e-5)
+    _, expected = time_derivative(model, x, s, t)  # fmmkit's dual-number JVP: the same up to float32 rounding
+    torch.testing.assert_close(tangent, expected, rtol=1e-4, atol=1e-4)
 
 
 def test_derivative_backend_without_forward_ad_fails_a_jvp_loss_at_build() -> None:

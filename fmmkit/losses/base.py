@@ -114,6 +114,11 @@ def split_batch(batch: Batch, fraction: float) -> tuple[Batch, Batch]:
     return first, rest
 
 
+def _rows(y: Tensor | None, rows: slice) -> Tensor | None:
+    """The rows of per-sample labels or conditioning (None passes through)."""
+    return None if y is None else y[rows]
+
+
 def normalized(g: Tensor, c: float) -> Tensor:
     """g / (|g| + c) per sample, |.| the Euclidean norm over all non-batch dimensions; g when c = 0."""
     if c <= 0:
@@ -250,11 +255,25 @@ class FlowMapLoss(Loss):
         v, transport = self.eulerian_parts(model, x_s, s, t, b, batch.y)
         return s, t, b, v, transport
 
+    def diagonal_rows(self, n: int) -> int:
+        """How many of the n pairs from :meth:`sample_pairs` have s = t: they come first."""
+        return diagonal_count(n, self.times.diagonal_fraction)
+
     def eulerian_parts(
-        self, model: FlowMap, x: Tensor, s: Tensor, t: Tensor, b: Tensor, y: Tensor | None
+        self, model: FlowMap, x: Tensor, s: Tensor, t: Tensor, b: Tensor, y: Tensor | None, *, diagonal: int = 0
     ) -> tuple[Tensor, Tensor]:
         """(v, T) = (v_{s,t}(x), (t - s) (d/ds v_{s,t} + grad_x v_{s,t} b)(x)), one JVP with tangent (b, 1, 0)
-        by ``config.derivative``; the Eulerian residual d/ds X + grad_x X b equals b - v + T."""
+        by ``config.derivative``; the Eulerian residual d/ds X + grad_x X b equals b - v + T.
+
+        The first ``diagonal`` rows have s = t (:meth:`diagonal_rows`): there T = 0 whatever the JVP, so
+        they take a plain pass and only the others the JVP (MeanFlow's 75% of s = t rows cost no JVP). The
+        value and gradient are those of one JVP over every row; with dropout, its masks are drawn in two
+        passes instead of one (the same distribution, other draws)."""
+        if diagonal:
+            v_diag = model.average_velocity(x[:diagonal], s[:diagonal], t[:diagonal], _rows(y, slice(0, diagonal)))
+            off = slice(diagonal, None)
+            v_off, t_off = self.eulerian_parts(model, x[off], s[off], t[off], b[off], _rows(y, off))
+            return torch.cat([v_diag, v_off]), torch.cat([torch.zeros_like(v_diag), t_off])
         v, total = eulerian_velocity_derivative(model, x, s, t, dx=b, y=y, method=self.config.derivative)
         return v, broadcast_time(t - s, v).to(v.dtype) * total
 

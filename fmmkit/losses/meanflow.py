@@ -95,7 +95,8 @@ class MeanFlow(FlowMapLoss):
         s, t = self.sample_pairs(len(batch), batch.x1)
         path = self.draw(batch, s)
         velocity = self.velocity_target(model, path, batch.y).detach()
-        v, transport = self.eulerian_parts(model, path.x_t, s, t, velocity, batch.y)
+        v, transport = self.eulerian_parts(model, path.x_t, s, t, velocity, batch.y,
+                                           diagonal=self.diagonal_rows(len(batch)))
         return [Term("meanflow", mean_squares(v - (velocity + transport).detach()), s, t)]
 
 

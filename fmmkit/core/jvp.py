@@ -1,0 +1,129 @@
+"""Jacobian-vector products for the derivative losses: dual numbers, with one product per frozen-weight layer.
+
+``jvp(fn, primals, tangents)`` returns (fn(p), d/de fn(p + e d) at e = 0), like ``torch.func.jvp``, but
+runs ``fn`` once on dual numbers (``torch.autograd.forward_ad``) inside :class:`FrozenWeightTangents`.
+Both matter for speed, measured in benchmarks/jvp_mechanisms.py (RESULTS.md, "Step cost ..."):
+
+- ``torch.func.jvp`` wraps every tensor in a functorch level and, on this torch (2.14), runs each
+  linear layer's primal product twice;
+- forward-mode AD of ``linear`` / ``conv`` evaluates its derivative rule
+  ``d(x W^T + b) = dx W^T + x dW^T + db`` with an (efficient-)zero tensor for the weight's tangent,
+  and the product ``x 0^T`` is computed anyway, as a full GEMM or convolution (and differentiated again
+  in a backward through the JVP). A network's parameters never carry a tangent here, so
+  :class:`FrozenWeightTangents` computes such layers as two ordinary calls, primal ``f(x; W, b)`` and
+  tangent ``f(dx; W)``, joined into a dual number: one product for the tangent instead of two;
+- SiLU's forward-mode rule is a chain of differentiable multiplications whose backward costs about 8x a
+  plain SiLU's; :class:`DualSiLU` computes (silu(z), silu'(z) dz) in two fused kernels and its backward
+  (silu'(z) g_h + silu''(z) dz g_dh, silu'(z) g_dh) in eight, half the time (the backbones' only
+  activation besides DiT's GELU).
+
+The result and its gradients are the same as ``torch.func.jvp``'s to float rounding (the skipped
+products are exact zeros); tests/test_jvp_mechanism.py checks every loss against the
+``torch.func.jvp`` formulation. Inside a functorch transform (``torch.func.vmap``, ``jvp``, ``grad``
+around a loss) this falls back to ``torch.func.jvp``, which composes with them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.autograd.forward_ad as fwAD
+import torch.nn.functional as F
+from torch import Tensor
+from torch.overrides import TorchFunctionMode
+
+#: layers ``f(input, weight, bias, *options)`` that are linear in ``input`` for fixed weights
+FROZEN_WEIGHT_LAYERS: frozenset[Callable[..., Tensor]] = frozenset({
+    F.linear, F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d,
+})
+
+
+class DualSiLU(torch.autograd.Function):
+    """(z, dz) -> (silu(z), silu'(z) dz), with silu'(z) = s (1 + z (1 - s)), s = sigmoid(z), and
+    silu''(z) = s (1 - s) (2 + z (1 - 2 s)) in the backward."""
+
+    @staticmethod
+    def forward(ctx: Any, z: Tensor, dz: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+        ctx.save_for_backward(z, dz)
+        ctx.set_materialize_grads(False)  # a detached tangent (MeanFlow's target) sends no g_dh: skip its terms
+        return F.silu(z), torch.ops.aten.silu_backward(dz, z)
+
+    @staticmethod
+    def backward(ctx: Any, g_h: Tensor | None, g_dh: Tensor | None) -> tuple[Tensor | None, Tensor | None]:  # type: ignore[override]
+        z, dz = ctx.saved_tensors
+        if torch.is_grad_enabled():  # a backward with create_graph: differentiable formulas, any order
+            s = torch.sigmoid(z)
+            slope, curvature = s * (1 + z * (1 - s)), s * (1 - s) * (2 + z * (1 - 2 * s))
+            g_z = (0 if g_h is None else g_h * slope) + (0 if g_dh is None else g_dh * dz * curvature)
+            return g_z, None if g_dh is None else g_dh * slope
+        g_z = torch.ops.aten.silu_backward(g_h, z) if g_h is not None else torch.zeros_like(z)
+        if g_dh is None:
+            return g_z, None
+        s = torch.sigmoid(z)
+        curvature = torch.addcmul(z.new_tensor(2.0), z, torch.rsub(s, 1, alpha=2)).mul_(g_dh).mul_(dz)  # 2 + z (1 - 2 s)
+        g_z = g_z + torch.ops.aten.sigmoid_backward(curvature, s)  # + s (1 - s) (2 + z (1 - 2 s)) dz g_dh
+        return g_z, torch.ops.aten.silu_backward(g_dh, z) if ctx.needs_input_grad[1] else None
+
+
+def _tangent(x: Any) -> Tensor | None:
+    return fwAD.unpack_dual(x).tangent if isinstance(x, Tensor) else None
+
+
+class FrozenWeightTangents(TorchFunctionMode):
+    """Inside a forward-AD level: a layer in :data:`FROZEN_WEIGHT_LAYERS` whose input is a dual number and
+    whose weight and bias are not is computed as ``make_dual(f(x, W, b), f(dx, W, None))``, and
+    ``F.silu`` of a dual number by :class:`DualSiLU`."""
+
+    def __torch_function__(self, func: Any, types: Any, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None
+                           ) -> Any:
+        kwargs = kwargs or {}
+        if func is F.silu and args and not (kwargs.get("inplace") or (len(args) > 1 and args[1])):
+            tangent = _tangent(args[0])
+            if tangent is not None:
+                value, d_value = DualSiLU.apply(fwAD.unpack_dual(args[0]).primal, tangent)
+                return fwAD.make_dual(value, d_value)
+        if func in FROZEN_WEIGHT_LAYERS and args:
+            x, rest = args[0], list(args[1:])
+            tangent = _tangent(x)
+            if tangent is not None:
+                weight = rest[0] if rest else kwargs.get("weight")
+                bias = rest[1] if len(rest) > 1 else kwargs.get("bias")
+                if _tangent(weight) is None and _tangent(bias) is None:
+                    primal = fwAD.unpack_dual(x).primal
+                    out = func(primal, *rest, **kwargs)
+                    if len(rest) > 1:
+                        rest[1] = None
+                    else:
+                        kwargs = {**kwargs, "bias": None}
+                    return fwAD.make_dual(out, func(tangent, *rest, **kwargs))
+        return func(*args, **kwargs)
+
+
+def dual_numbers_unavailable() -> bool:
+    """Whether dual numbers cannot run here: a ``torch.autograd.forward_ad`` level is already open (only
+    one can be), or a functorch transform that has no rule for them (``vmap``) is active."""
+    open_level = fwAD._current_level >= 0  # noqa: SLF001  (torch keeps no public accessor)
+    return open_level or torch._C._functorch.peek_interpreter_stack() is not None  # noqa: SLF001
+
+
+def jvp(fn: Callable[..., Tensor], primals: Sequence[Tensor], tangents: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+    """(fn(*primals), its directional derivative along ``tangents``), differentiable in both.
+
+    Example:
+        >>> import torch
+        >>> lin = torch.nn.Linear(3, 2)
+        >>> x, dx = torch.randn(4, 3), torch.randn(4, 3)
+        >>> y, dy = jvp(lin, (x,), (dx,))
+        >>> bool(torch.allclose(dy, dx @ lin.weight.T))
+        True
+    """
+    if dual_numbers_unavailable():
+        return torch.func.jvp(fn, tuple(primals), tuple(tangents))
+    with fwAD.dual_level(), FrozenWeightTangents():
+        out = fn(*(fwAD.make_dual(p, d) for p, d in zip(primals, tangents)))
+        primal, tangent = fwAD.unpack_dual(out)
+    if tangent is None:  # fn did not depend on the primals
+        tangent = torch.zeros_like(primal)
+    return primal, tangent
