@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -39,6 +40,20 @@ class Batch:
         return [Batch(x, y) for x, y in zip(xs, ys)]
 
 
+@dataclass(frozen=True)
+class SupportRegion:
+    """A region R of data space and the data's own probability of it, P_data(R) (``mass``).
+
+    ``contains`` maps points (B, ...) to a boolean mask (B,). For data with bounded support R is the
+    support {x : p(x) > 0} and mass = 1; for unbounded support R is a high-density region chosen to hold
+    a given mass, and ``mass`` is its exact probability under the data (the score the data itself gets).
+    """
+
+    contains: Callable[[Tensor], Tensor]
+    mass: float
+    description: str
+
+
 class DataSource(Component, ABC):
     """A distribution of data points to sample batches from.
 
@@ -61,6 +76,11 @@ class DataSource(Component, ABC):
 
     def bounds(self) -> tuple[float, float] | None:
         """A box [lo, hi]^d holding (almost) all the mass of the data, used by histogram metrics."""
+        return None
+
+    def support_region(self, level: float) -> SupportRegion | None:
+        """The data's support (bounded support: ``level`` is ignored, mass 1) or a high-density region of
+        probability about ``level`` (unbounded support), or None if the data defines none."""
         return None
 
 

@@ -98,7 +98,7 @@ class EvalConfig:
     """Evaluation: samples per row, metric names, and ODE solvers (sampler tables) for the velocity."""
 
     num_samples: int = attrs.field(default=20000, validator=at_least(2))
-    metrics: list[str] = attrs.field(factory=lambda: ["energy_distance", "sliced_w2", "histogram_kl"])
+    metrics: list[str] = attrs.field(factory=lambda: ["energy_distance", "sliced_w2", "histogram_kl", "in_support"])
     ode: list[ComponentSpec] = attrs.field(factory=list, metadata={"components": "sampler"})
     seed: int = 1234
 
