@@ -175,12 +175,12 @@ def protocol_overrides(seed: int, steps: int = STEPS, batch: int = BATCH) -> lis
 
 
 def resolved_spec(entry: Entry, seed: int, teacher_dir: Path | None, protocol_steps: int = STEPS,
-                  steps: int | None = None) -> dict[str, Any]:
+                  steps: int | None = None, batch: int = BATCH) -> dict[str, Any]:
     """The entry's spec as a dict with every override applied (steps: replaces train.steps, for timing)."""
     from fmmkit.spec.loader import apply_overrides
 
     raw = read_spec(entry.spec)
-    overrides = protocol_overrides(seed, protocol_steps) + entry.overrides
+    overrides = protocol_overrides(seed, protocol_steps, batch) + entry.overrides
     if steps is not None:
         overrides.append(f"train.steps={steps}")
     if "teacher" in raw:
@@ -216,12 +216,17 @@ def fmmkit_samples(run_dir: Path, screen: bool = False) -> list[tuple[str, int, 
 
 # ---- scoring ----------------------------------------------------------------------------------------
 
+def num_eval() -> int:
+    """Samples per row: 20,000 (the protocol), or PEERS_NUM_EVAL for cheaper screening runs."""
+    return int(os.environ.get("PEERS_NUM_EVAL", NUM_EVAL))
+
+
 def fixed_noise() -> Tensor:
-    return torch.randn(NUM_EVAL, 2, generator=torch.Generator().manual_seed(NOISE_SEED))
+    return torch.randn(num_eval(), 2, generator=torch.Generator().manual_seed(NOISE_SEED))
 
 
 def reference() -> Tensor:
-    return peer_checkerboard(NUM_EVAL, torch.Generator().manual_seed(REFERENCE_SEED))
+    return peer_checkerboard(num_eval(), torch.Generator().manual_seed(REFERENCE_SEED))
 
 
 def score(samples: Tensor) -> dict[str, float]:
@@ -247,7 +252,7 @@ def run_cell(job: dict[str, Any]) -> dict[str, Any]:
     if path.is_file() and json.loads(path.read_text()).get("key") == job["key"]:
         return json.loads(path.read_text())
     if job["system"] == "peer":
-        vf, seconds = train_peer(job["seed"], job["steps"])
+        vf, seconds = train_peer(job["seed"], job["steps"], job["batch"])
         rows, steps = peer_samples(vf, fixed_noise()), job["steps"]
     else:
         import shutil
@@ -280,7 +285,7 @@ def run_cells(jobs: list[dict[str, Any]], workers: int) -> list[dict[str, Any]]:
 # ---- step cost: interleaved rounds of the real training loops ---------------------------------------
 
 def step_costs(entries: list[Entry], teacher_dirs: dict[str, Path], rounds: int, n1: int, n2: int,
-               with_peer: bool) -> dict[str, float]:
+               with_peer: bool, batch: int = BATCH) -> dict[str, float]:
     """Seconds per optimiser step of each system (median over interleaved rounds of a two-length difference)."""
     import shutil
     import tempfile
@@ -292,7 +297,7 @@ def step_costs(entries: list[Entry], teacher_dirs: dict[str, Path], rounds: int,
 
     def fmmkit_timer(entry: Entry) -> Any:
         def timed(n: int) -> float:
-            spec = resolved_spec(entry, 0, teacher_dirs.get(entry.label), steps=n)
+            spec = resolved_spec(entry, 0, teacher_dirs.get(entry.label), steps=n, batch=batch)
             out = tmp / f"{entry.label}-{n}"
             shutil.rmtree(out, ignore_errors=True)
             start = time.perf_counter()
@@ -302,7 +307,7 @@ def step_costs(entries: list[Entry], teacher_dirs: dict[str, Path], rounds: int,
 
     timers: dict[str, Any] = {}
     if with_peer:
-        timers[PEER] = lambda n: train_peer(0, n)[1]
+        timers[PEER] = lambda n: train_peer(0, n, batch)[1]
     for entry in entries:
         timers[entry.label] = fmmkit_timer(entry)
     for timer in timers.values():  # warm-up: imports, allocator
@@ -379,12 +384,15 @@ def main() -> None:
     parser.add_argument("--cost-steps", type=int, nargs=2, default=[10, 40], metavar=("N1", "N2"))
     parser.add_argument("--jobs", type=int, default=1, help="worker processes for training (1 thread each; <= 2 here)")
     parser.add_argument("--screen", action="store_true", help="fmmkit rows: flow map 1 and 2 steps and one ODE only")
+    parser.add_argument("--num-eval", type=int, default=NUM_EVAL, help="samples per row (20,000: the protocol)")
     parser.add_argument("--steps", type=int, default=STEPS, help="training steps of the protocol (3000)")
+    parser.add_argument("--batch", type=int, default=BATCH, help="batch size of the protocol (4096)")
     parser.add_argument("--out", default="runs/peers")
     parser.add_argument("--json", help="write the table as JSON here")
     parser.add_argument("--no-write", action="store_true", help="print the table without writing RESULTS.md")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    os.environ["PEERS_NUM_EVAL"] = str(args.num_eval)  # read by the worker processes too
     wall = time.perf_counter()
     load_start = os.getloadavg()
     out = Path(args.out)
@@ -405,10 +413,10 @@ def main() -> None:
 
     def job(entry: Entry, seed: int) -> dict[str, Any]:
         teacher = cell_dir(args.teacher) / f"seed-{seed}" if entry.label in teacher_of else None
-        spec = resolved_spec(entry, seed, teacher, args.steps)
+        spec = resolved_spec(entry, seed, teacher, args.steps, batch=args.batch)
         import fmmkit
 
-        key = cell_key({"spec": spec, "fmmkit": fmmkit.__version__, "screen": args.screen, "teacher_key": None if teacher is None else
+        key = cell_key({"spec": spec, "fmmkit": fmmkit.__version__, "screen": args.screen, "num_eval": args.num_eval, "teacher_key": None if teacher is None else
                         json.loads((cell_dir(args.teacher) / f"seed-{seed}.json").read_text())["key"]})
         return {"system": "fmmkit", "label": entry.label, "seed": seed, "spec": spec, "key": key, "screen": args.screen,
                 "run_dir": str(cell_dir(entry.label) / f"seed-{seed}"),
@@ -416,8 +424,9 @@ def main() -> None:
 
     phase1 = [job(e, s) for e in entries if e.label not in teacher_of for s in args.seeds]
     if with_peer:
-        phase1 = [{"system": "peer", "label": PEER, "seed": s, "steps": args.steps,
-                   "key": cell_key({"peer": PEER, "seed": s, "steps": args.steps, "v": 1}),
+        phase1 = [{"system": "peer", "label": PEER, "seed": s, "steps": args.steps, "batch": args.batch,
+                   "key": cell_key({"peer": PEER, "seed": s, "steps": args.steps, "batch": args.batch,
+                                    "num_eval": args.num_eval}),
                    "cell": str(cell_dir(PEER) / f"seed-{s}.json")} for s in args.seeds] + phase1
     results = run_cells(phase1, args.jobs)
     results += run_cells([job(e, s) for e in entries if e.label in teacher_of for s in args.seeds], args.jobs)
@@ -429,7 +438,7 @@ def main() -> None:
     if not args.no_cost:
         print("measuring step costs (interleaved rounds) ...", flush=True)
         teacher_dirs = {label: cell_dir(t) / f"seed-{args.seeds[0]}" for label, t in teacher_of.items()}
-        costs = step_costs(entries, teacher_dirs, args.cost_rounds, *args.cost_steps, with_peer)
+        costs = step_costs(entries, teacher_dirs, args.cost_rounds, *args.cost_steps, with_peer, args.batch)
     rows, compute = build_table(groups, costs, teacher_of, args.steps)
     table = markdown(rows, costs, args.seeds)
     minutes = (time.perf_counter() - wall) / 60
