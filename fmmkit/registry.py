@@ -82,6 +82,7 @@ BUILTIN_PLUGINS = (
     "fmmkit.data.vision",
     "fmmkit.metrics.digits_fd",
     "fmmkit.metrics.fid",
+    "fmmkit.metrics.in_support",
     "fmmkit.metrics.point_cloud",
     "fmmkit.teachers.gaussian",
     "fmmkit.teachers.gaussian_mixture",

@@ -73,7 +73,8 @@ def test_eval_table_and_json(flow_map: Path, capsys: pytest.CaptureFixture[str])
         assert label in table
     rows = json.loads((flow_map / "eval.json").read_text())["rows"]
     assert [r["nfe"] for r in rows[:4]] == [1, 2, 4, 8]
-    assert set(rows[0]["metrics"]) == {"energy_distance", "sliced_w2", "histogram_kl"}
+    assert set(rows[0]["metrics"]) == {"energy_distance", "sliced_w2", "histogram_kl", "in_support"}
+    assert 0 <= rows[0]["metrics"]["in_support"] <= 1
     assert rows[4]["nfe"] == 4 and rows[5]["nfe"] > 6  # dopri5 reports what it used
 
 

@@ -78,7 +78,8 @@ def test_ema_decay_rampup_and_every() -> None:
     model = _linear()
     ema = EMA(model, EMAConfig(decays=[0.9], half_lives=[1000.0], rampup=0.05, every=2), batch_size=10)
     assert ema.labels == ["ema-0.9", "ema-hl1000"]
-    assert ema.beta(0, 10) == 0.9
+    assert ema.beta(0, 20) == pytest.approx(1 / 10)  # the first update (2 steps x 10 samples): warm-up
+    assert ema.beta(0, 20 * 100) == 0.9
     assert ema.beta(1, 400) == pytest.approx(0.5 ** (10 * 2 / 20))  # ramp-up: half-life 0.05 * 400 = 20
     assert ema.beta(1, 10 ** 6) == pytest.approx(0.5 ** (10 * 2 / 1000))
     with torch.no_grad():
@@ -86,7 +87,23 @@ def test_ema_decay_rampup_and_every() -> None:
     ema.update(model, 1, 10)  # not a multiple of every = 2
     assert ema.state_dict("ema-0.9", model)["bias"].item() == 0.0
     ema.update(model, 2, 20)
-    assert ema.state_dict("ema-0.9", model)["bias"].item() == pytest.approx(0.1)
+    assert ema.state_dict("ema-0.9", model)["bias"].item() == pytest.approx(0.9)  # weight 1 - 1/10
+    plain = EMA(model, EMAConfig(decays=[0.9], decay_warmup=False), batch_size=10)
+    assert plain.beta(0, 10) == 0.9
+
+
+def test_ema_decay_warmup_forgets_the_initial_weights() -> None:
+    model = _linear()
+    warm, cold = (EMA(model, EMAConfig(decays=[0.999], decay_warmup=w), batch_size=8) for w in (True, False))
+    with torch.no_grad():
+        model.bias.fill_(1.0)
+    for step in range(1, 2001):
+        warm.update(model, step, 8 * step)
+        cold.update(model, step, 8 * step)
+    # k warmed-up updates keep a share prod_{j<k} (1 + j) / (10 + j) = 9! k! / (k + 9)! of the initial weights
+    # (~1e-24 at k = 2000); the plain decay keeps 0.999^k (13.5%)
+    assert warm.state_dict("ema-0.999", model)["bias"].item() == pytest.approx(1.0, abs=1e-6)
+    assert cold.state_dict("ema-0.999", model)["bias"].item() == pytest.approx(1 - 0.999**2000, rel=1e-4)  # 0.865
 
 
 def test_ema_labels_and_sampling_choice() -> None:

@@ -16,7 +16,7 @@ def make_map(pair: str = "s_t", embedding: str = "sinusoidal", num_classes: int 
 
 
 @pytest.mark.parametrize("pair", ["s_t", "t_delta"])
-@pytest.mark.parametrize("embedding", ["sinusoidal", "fourier"])
+@pytest.mark.parametrize("embedding", ["sinusoidal", "fourier", "identity"])
 def test_identity_on_the_diagonal_is_exact(pair: str, embedding: str) -> None:
     model = make_map(pair, embedding)
     x = torch.randn(16, 3, dtype=torch.float64)
@@ -66,3 +66,19 @@ def test_max_frequency_bounds_the_time_derivative_of_the_features() -> None:
         _, d_features = torch.func.jvp(lambda t_: embed(t_, t_), (t,), (torch.ones_like(t),))
         assert d_features.abs().max() <= max_frequency + 1e-9
         assert d_features.abs().max() > 0.5 * max_frequency
+
+
+@pytest.mark.parametrize("pair", ["s_t", "t_delta"])
+def test_identity_time_embedding_is_the_raw_times(pair: str) -> None:
+    from fmmkit.nets.embeddings import TwoTimeEmbedding
+
+    s, t = torch.tensor([0.1, 0.4], dtype=torch.float64), torch.tensor([0.5, 0.9], dtype=torch.float64)
+    embed = TwoTimeEmbedding(64, "identity", pair)
+    second = t if pair == "s_t" else t - s
+    assert embed.dim == 2
+    torch.testing.assert_close(embed(s, t), torch.stack([s if pair == "s_t" else t, second], dim=1))
+    _, d_features = torch.func.jvp(lambda t_: embed(s, t_), (t,), (torch.ones_like(t),))
+    torch.testing.assert_close(d_features, torch.tensor([[0.0, 1.0]] * 2, dtype=torch.float64) if pair == "s_t"
+                               else torch.tensor([[1.0, 1.0]] * 2, dtype=torch.float64))
+    mlp = MLP.build(MLPConfig(width=16, depth=2, time_embedding="identity"), BuildContext(data_shape=(3,)))
+    assert mlp.inp.in_features == 3 + 2

@@ -36,6 +36,22 @@ def test_uniform_pairs_are_ordered_and_fill_the_triangle() -> None:
     assert 0.45 < float((both_s > both_t).double().mean()) < 0.55
 
 
+def test_gap_pairs_draw_the_gap_from_the_distribution() -> None:
+    s, t = TimeSampling(t_min=0.2, t_max=0.8, pairs="gap").sample_pairs(200_000, "cpu", torch.float64)
+    assert bool((s <= t).all()) and float(s.min()) >= 0.2 and float(t.max()) <= 0.8 + 1e-12
+    gap = (t - s) / 0.6
+    assert float(gap.mean()) == pytest.approx(0.5, abs=0.005) and float(gap.var()) == pytest.approx(1 / 12, abs=0.002)
+    # given the gap, s is uniform on what is left: s - t_min over (0.6 - gap) is U[0, 1]
+    u = (s - 0.2) / (0.6 - (t - s))
+    assert float(u.mean()) == pytest.approx(0.5, abs=0.005)
+    long = TimeSampling(pairs="gap").sample_pairs(100_000, "cpu")
+    short = TimeSampling().sample_pairs(100_000, "cpu")
+    assert float(((long[1] - long[0]) > 0.9).double().mean()) == pytest.approx(0.1, abs=0.01)
+    assert float(((short[1] - short[0]) > 0.9).double().mean()) == pytest.approx(0.01, abs=0.003)
+    both_s, both_t = TimeSampling(order="both", pairs="gap").sample_pairs(100_000, "cpu")
+    assert 0.45 < float((both_s > both_t).double().mean()) < 0.55
+
+
 def test_logit_normal_has_the_right_law() -> None:
     times = TimeSampling(distribution="logit_normal", logit_mean=-0.4, logit_std=1.0)
     t = times.sample(200_000, "cpu", torch.float64)

@@ -48,7 +48,7 @@ def test_every_builtin_kind_is_populated() -> None:
         "loss": {"flow_matching", "lagrangian_distillation", "lagrangian_self_distillation"},
         "sampler": {"flow_map", "euler", "heun", "midpoint", "rk4", "dopri5"},
         "dataset": {"checkerboard", "eight_gaussians", "two_moons", "pinwheel", "spirals", "npy"},
-        "metric": {"energy_distance", "sliced_w2", "histogram_kl"},
+        "metric": {"energy_distance", "sliced_w2", "histogram_kl", "in_support"},
     }
     for kind, names in expected.items():
         assert names <= set(registry.names(kind)), kind

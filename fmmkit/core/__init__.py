@@ -1,7 +1,7 @@
 """fmmkit's abstract interfaces. Nothing in this package imports an implementation."""
 
 from fmmkit.core.component import BuildContext, Component, EmptyConfig
-from fmmkit.core.data import Batch, DataSource, TensorDataSource
+from fmmkit.core.data import Batch, DataSource, SupportRegion, TensorDataSource
 from fmmkit.core.flow_map import Backbone, FlowMap
 from fmmkit.core.interpolant import Interpolant, InterpolantSample
 from fmmkit.core.loss import Loss, LossOutput
@@ -25,6 +25,7 @@ __all__ = [
     "Metric",
     "SampleResult",
     "Sampler",
+    "SupportRegion",
     "TensorDataSource",
     "VelocityField",
 ]

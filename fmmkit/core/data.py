@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -40,6 +41,20 @@ class Batch:
         xs = torch.split(self.x1, sizes)
         ys = torch.split(self.y, sizes) if self.y is not None else [None] * len(xs)
         return [Batch(x, y) for x, y in zip(xs, ys)]
+
+
+@dataclass(frozen=True)
+class SupportRegion:
+    """A region R of data space and the data's own probability of it, P_data(R) (``mass``).
+
+    ``contains`` maps points (B, ...) to a boolean mask (B,). For data with bounded support R is the
+    support {x : p(x) > 0} and mass = 1; for unbounded support R is a high-density region chosen to hold
+    a given mass, and ``mass`` is its exact probability under the data (the score the data itself gets).
+    """
+
+    contains: Callable[[Tensor], Tensor]
+    mass: float
+    description: str
 
 
 class DataSource(Component, ABC):
@@ -88,6 +103,11 @@ class DataSource(Component, ABC):
     def pixel_source(self) -> DataSource:
         """The data set in the space :meth:`decode` returns (itself here; a latent data set's image source)."""
         return self
+
+    def support_region(self, level: float) -> SupportRegion | None:
+        """The data's support (bounded support: ``level`` is ignored, mass 1) or a high-density region of
+        probability about ``level`` (unbounded support), or None if the data defines none."""
+        return None
 
 
 class TensorDataSource(DataSource):

@@ -15,8 +15,9 @@ import attrs
 import torch
 from torch import Tensor
 
-from fmmkit.core import Batch, DataSource, Interpolant
+from fmmkit.core import Batch, DataSource, Interpolant, SupportRegion
 from fmmkit.core.validators import each, non_empty, non_negative, positive
+from fmmkit.data.balls import chi2_quantile
 from fmmkit.exact import GaussianFlowMap, per_coordinate
 from fmmkit.hookspecs import hookimpl
 
@@ -62,6 +63,17 @@ class GaussianData(DataSource):
         z = (x.double() - self.mean) / self.std
         log_p = -0.5 * z.pow(2) - torch.log(self.std) - 0.5 * math.log(2 * math.pi)
         return log_p.sum(dim=1).exp().to(x.dtype)
+
+    def support_region(self, level: float) -> SupportRegion:
+        """The ellipsoid sum_i ((x_i - mean_i) / std_i)^2 <= q, q the ``level`` quantile of chi^2(dim): the
+        population's highest-density region of mass ``level`` exactly."""
+        q = chi2_quantile(level, math.prod(self.shape))
+
+        def contains(x: Tensor) -> Tensor:
+            z = (x.double() - self.mean) / self.std
+            return z.pow(2).flatten(1).sum(dim=1) <= q
+
+        return SupportRegion(contains, level, f"inside the {level:g} ellipsoid")
 
     def bounds(self) -> tuple[float, float]:
         """mean -+ 4 std over every coordinate."""

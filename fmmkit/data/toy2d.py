@@ -15,8 +15,9 @@ import attrs
 import torch
 from torch import Tensor
 
-from fmmkit.core import Batch, DataSource
+from fmmkit.core import Batch, DataSource, SupportRegion
 from fmmkit.core.validators import at_least, non_negative, positive
+from fmmkit.data.balls import rice_cdf
 from fmmkit.hookspecs import hookimpl
 
 
@@ -94,6 +95,10 @@ class Checkerboard(Toy2D):
         black = torch.floor(u).sum(dim=1).remainder(2) == 0
         return (inside & black).to(x.dtype) / (8 * self.config.scale**2)
 
+    def support_region(self, level: float) -> SupportRegion:
+        """The 8 black squares (where the density is positive); mass 1 whatever ``level``."""
+        return SupportRegion(lambda x: self.density(x) > 0, 1.0, "inside the occupied squares")
+
     def _extent(self) -> float:
         return 2.0 * self.config.scale
 
@@ -125,6 +130,26 @@ class EightGaussians(Toy2D):
         var = self.config.std**2
         d2 = (x[:, None, :] - self.centres().to(x)[None]).pow(2).sum(-1)  # (B, 8)
         return torch.exp(-d2 / (2 * var)).mean(dim=1) / (2 * math.pi * var)
+
+    def support_region(self, level: float) -> SupportRegion:
+        """The union of the discs |x - c_k| <= r, r = std sqrt(-2 log(1 - level)), each holding ``level``
+        of its own Gaussian (|x - c_k| / std is Rayleigh). Its mass under the mixture adds the other
+        Gaussians' share of each disc, P(|c_j - c_k + std z| <= r) (a Rice CDF), so it is >= level.
+        ValueError when the discs overlap (lower ``level``)."""
+        std = self.config.std
+        r = std * math.sqrt(-2 * math.log1p(-level))
+        centres = self.centres()
+        gaps = torch.cdist(centres, centres)
+        nearest = float(gaps[~torch.eye(8, dtype=torch.bool)].min())
+        if 2 * r >= nearest:
+            raise ValueError(f"eight_gaussians: discs of mass {level} (radius {r:.3g}) overlap (centres {nearest:.3g} "
+                             "apart); lower the in-support level")
+        mass = float(rice_cdf(gaps / std, r / std).mean(dim=0).sum())  # (1/8) sum_j sum_k P_j(disc_k)
+
+        def contains(x: Tensor) -> Tensor:
+            return (torch.cdist(x.double(), centres) <= r).any(dim=1)
+
+        return SupportRegion(contains, mass, f"within {r:.3g} of a centre")
 
     def _extent(self) -> float:
         return max(4.0, self.config.radius + 6 * self.config.std)

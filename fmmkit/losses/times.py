@@ -5,8 +5,12 @@ A spec chooses them in the nested table ``[loss.times]``:
 - ``distribution``: ``uniform`` (t ~ U[t_min, t_max]); ``logit_normal`` (t = t_min + (t_max - t_min)
   sigmoid(logit_mean + logit_std n), n ~ N(0, 1), as in SD3 and MeanFlow); ``discrete`` (t uniform on
   the grid t_min + k (t_max - t_min) / grid_size, k = 0..grid_size, as in discrete-time distillation).
-- pairs (s, t) are two independent draws, sorted for ``order = "forward"`` (s <= t: uniform on the
-  triangle for ``uniform``) or left as drawn for ``order = "both"`` (maps backwards in time too);
+- pairs (s, t): ``pairs = "independent"`` takes two independent draws, sorted for ``order = "forward"``
+  (s <= t: uniform on the triangle for ``uniform``, so the gap t - s has density 2 (1 - d) and the long
+  jumps that few-step sampling uses are rare) or left as drawn for ``order = "both"`` (maps backwards in
+  time too); ``pairs = "gap"`` draws the gap d = t - s from the distribution (rescaled to
+  [0, t_max - t_min]) and then s uniformly on [t_min, t_max - d] (with ``order = "both"`` the pair is
+  swapped with probability 1/2), so every gap length is equally likely for ``uniform``.
   ``TIME_ORDERS`` is the one vocabulary of time order, here and in :mod:`fmmkit.verification`.
 - ``diagonal_fraction``: the share of the batch on s = t, the one key for it in every loss (the
   self-distillation losses' eta, MeanFlow's "fraction of r = t"); those rows are the first
@@ -32,6 +36,8 @@ from fmmkit.moved import moved_getattr
 TIME_DISTRIBUTIONS = ("uniform", "logit_normal", "discrete")
 #: "forward": s <= t (s <= u <= t for triples); "both": any order, maps backwards in time too.
 TIME_ORDERS = ("forward", "both")
+#: "independent": two draws, sorted for "forward"; "gap": the gap t - s drawn first, then s.
+PAIR_KINDS = ("independent", "gap")
 
 __getattr__ = moved_getattr(__name__)  # PAIR_ORDERS is TIME_ORDERS
 
@@ -51,7 +57,8 @@ def time_order(order: str) -> str:
 class TimeSampling:
     """Where losses sample times: distribution on [t_min, t_max], the order of pairs, the diagonal share.
 
-    logit_mean, logit_std: of ``logit_normal``; grid_size: intervals of the ``discrete`` grid.
+    logit_mean, logit_std: of ``logit_normal``; grid_size: intervals of the ``discrete`` grid; pairs:
+    ``independent`` draws or a drawn ``gap`` (see the module docstring).
     """
 
     distribution: str = attrs.field(default="uniform", validator=one_of(TIME_DISTRIBUTIONS))
@@ -62,6 +69,7 @@ class TimeSampling:
     logit_std: float = attrs.field(default=1.0, validator=positive)
     grid_size: int = attrs.field(default=0, validator=non_negative)
     diagonal_fraction: float = attrs.field(default=0.0, validator=unit_interval)
+    pairs: str = attrs.field(default="independent", validator=one_of(PAIR_KINDS))
 
     def __attrs_post_init__(self) -> None:
         if self.t_min > self.t_max:
@@ -89,8 +97,16 @@ class TimeSampling:
         """n pairs (s, t), each (n,): s <= t for ``forward``, any order for ``both``; the first
         round(diagonal_fraction * n) pairs have s = t (= the pair's s), unless ``off_diagonal`` (the rows of a batch
         whose diagonal share a loss already split off)."""
-        a, b = self.sample(n, device, dtype), self.sample(n, device, dtype)
-        s, t = (torch.minimum(a, b), torch.maximum(a, b)) if self.order == "forward" else (a, b)
+        if self.pairs == "gap":
+            gap = (self.t_max - self.t_min) * self.unit(n, device, dtype)
+            s = self.t_min + (self.t_max - self.t_min - gap) * torch.rand(n, device=device, dtype=dtype)
+            t = s + gap
+            if self.order == "both":
+                swap = torch.rand(n, device=device) < 0.5
+                s, t = torch.where(swap, t, s), torch.where(swap, s, t)
+        else:
+            a, b = self.sample(n, device, dtype), self.sample(n, device, dtype)
+            s, t = (torch.minimum(a, b), torch.maximum(a, b)) if self.order == "forward" else (a, b)
         n_diag = 0 if off_diagonal else diagonal_count(n, self.diagonal_fraction)
         if n_diag:
             t = torch.cat([s[:n_diag], t[n_diag:]])

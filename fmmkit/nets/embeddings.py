@@ -11,7 +11,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-TIME_EMBEDDINGS = ("sinusoidal", "fourier")
+TIME_EMBEDDINGS = ("sinusoidal", "fourier", "identity")
 TIME_PAIRS = ("s_t", "t_delta")
 
 
@@ -45,16 +45,37 @@ class FourierEmbedding(nn.Module):
         return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
 
 
+class IdentityEmbedding(nn.Module):
+    """e(t) = t: the raw time as one feature (what Meta's flow_matching 2D example feeds its MLP)."""
+
+    dim = 1
+
+    def forward(self, t: Tensor) -> Tensor:
+        """(B,) -> (B, 1)."""
+        return t[:, None]
+
+
+def time_features(kind: str, dim: int, max_frequency: float = 1000.0) -> tuple[nn.Module, int]:
+    """(embedding module, its width) of one time for ``kind`` in TIME_EMBEDDINGS (``identity``: width 1)."""
+    assert kind in TIME_EMBEDDINGS, f"time embedding must be one of {TIME_EMBEDDINGS}, got {kind!r}"
+    if kind == "identity":
+        return IdentityEmbedding(), 1
+    if kind == "sinusoidal":
+        return SinusoidalEmbedding(dim, max_frequency), dim
+    return FourierEmbedding(dim), dim
+
+
 class TwoTimeEmbedding(nn.Module):
-    """Embeds the pair (s, t) as e(s) ++ e(t) (``s_t``) or e(t) ++ e(t - s) (``t_delta``)."""
+    """Embeds the pair (s, t) as e(s) ++ e(t) (``s_t``) or e(t) ++ e(t - s) (``t_delta``); ``dim`` features
+    per time (``identity``: 1, the time itself)."""
 
     def __init__(self, dim: int, kind: str = "sinusoidal", pair: str = "s_t", max_frequency: float = 1000.0) -> None:
         super().__init__()
         assert kind in TIME_EMBEDDINGS, f"time embedding must be one of {TIME_EMBEDDINGS}, got {kind!r}"
         assert pair in TIME_PAIRS, f"time pair must be one of {TIME_PAIRS}, got {pair!r}"
         self.pair = pair
-        self.dim = 2 * dim
-        self.embed = SinusoidalEmbedding(dim, max_frequency) if kind == "sinusoidal" else FourierEmbedding(dim)
+        self.embed, width = time_features(kind, dim, max_frequency)
+        self.dim = 2 * width
 
     def forward(self, s: Tensor, t: Tensor) -> Tensor:
         """(B,), (B,) -> (B, 2 dim) in float32 (float64 if the times are float64)."""
@@ -110,9 +131,8 @@ class SecondTimeEmbedding(nn.Module):
 
     def __init__(self, dim: int, out_dim: int, kind: str = "sinusoidal", max_frequency: float = 1000.0) -> None:
         super().__init__()
-        assert kind in TIME_EMBEDDINGS, f"time embedding must be one of {TIME_EMBEDDINGS}, got {kind!r}"
-        self.embed = SinusoidalEmbedding(dim, max_frequency) if kind == "sinusoidal" else FourierEmbedding(dim)
-        self.mlp = nn.Sequential(nn.Linear(dim, out_dim), nn.SiLU(), nn.Linear(out_dim, out_dim))
+        self.embed, width = time_features(kind, dim, max_frequency)
+        self.mlp = nn.Sequential(nn.Linear(width, out_dim), nn.SiLU(), nn.Linear(out_dim, out_dim))
         nn.init.zeros_(self.mlp[2].weight)
         nn.init.zeros_(self.mlp[2].bias)
 

@@ -128,13 +128,16 @@ def _check_decays(instance: Any, attribute: attrs.Attribute[Any], value: list[fl
 
 @attrs.define(frozen=True)
 class EMAConfig:
-    """EMAs of the weights: fixed ``decays`` and/or EDM ``half_lives`` (in training samples, with
-    ramp-up: half-life <= rampup * samples seen); ``sample_with`` picks the weights that sampling and
+    """EMAs of the weights: fixed ``decays`` (warmed up, see ``decay_warmup``) and/or EDM ``half_lives`` (in
+    training samples, with ramp-up: half-life <= rampup * samples seen); ``sample_with`` picks the weights that sampling and
     evaluation use ("auto": the first EMA, else the raw weights; "raw"; or a label like "ema-0.999")."""
 
     decays: list[float] = attrs.field(factory=list, validator=_check_decays)
     half_lives: list[float] = attrs.field(factory=list, validator=each(positive))
     rampup: float = attrs.field(default=0.05, validator=non_negative)
+    #: fixed decays warm up as beta_k = min(decay, (1 + k) / (10 + k)) at the k-th update (k = 0, 1, ...), so
+    #: that the average does not keep a share decay^k of the initial weights (13% after 2000 steps at 0.999)
+    decay_warmup: bool = True
     every: int = attrs.field(default=1, validator=positive)
     sample_with: str = "auto"
 
@@ -178,7 +181,7 @@ class LogConfig:
     pictures_every: int = attrs.field(default=0, validator=non_negative)
 
 
-DEFAULT_METRICS: list[str] = ["energy_distance", "sliced_w2", "histogram_kl"]
+DEFAULT_METRICS: list[str] = ["energy_distance", "sliced_w2", "histogram_kl", "in_support"]
 
 DEFAULT_ODE_SOLVERS: list[dict[str, Any]] = [
     {"kind": "euler", "steps": 8},

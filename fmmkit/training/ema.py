@@ -1,7 +1,8 @@
 """Exponential moving averages of the weights, used for sampling and evaluation by default.
 
 After optimiser step k (every ``ema.every`` steps) each average theta_ema <- beta theta_ema + (1 - beta) theta
-with beta either a fixed decay, or EDM's half-life form (Karras et al. 2022, training loop):
+with beta either a fixed decay (warmed up: beta_k = min(decay, (1 + k) / (10 + k)) at the k-th update, unless
+``decay_warmup = false``, so that no share decay^k of the initial weights survives), or EDM's half-life form (Karras et al. 2022, training loop):
   beta = 0.5 ** (B * every / h_k),  h_k = min(h, rampup * samples seen)  (rampup = 0: h_k = h),
 so the average forgets half its weight every h training samples. Buffers are copied, not averaged.
 A run writes each average as ``ema-LABEL.safetensors`` next to the raw ``model.safetensors``.
@@ -39,7 +40,10 @@ class EMA:
         """The decay of average ``index`` for the update after ``samples_seen`` training samples."""
         decay = self.decays[index]
         if decay is not None:
-            return decay
+            if not self.config.decay_warmup:
+                return decay
+            k = samples_seen // (self.batch_size * self.config.every) - 1  # updates before this one
+            return min(decay, (1 + k) / (10 + k))
         half_life = self.half_lives[index]
         assert half_life is not None
         if self.config.rampup > 0:
