@@ -36,13 +36,16 @@ STEPS = (1, 2, 4, 8)
 
 #: --smoke: extra overrides for every training (a quick check of the script itself; RESULTS.md is left alone)
 SMOKE: list[str] = []
+#: --teacher-steps / --lmd-steps: train.steps of the digits teacher / of every digits LMD run (empty: the specs')
+TEACHER_STEPS: list[str] = []
+LMD_STEPS: list[str] = []
 
 
 def run(args: list[str], log: list[str]) -> float:
     """Run a command from the repository root; record it; return its wall-clock seconds."""
     if SMOKE and "train" in args:
         args = [*args, *SMOKE]
-    elif SMOKE and args[1].startswith("examples/make_"):
+    elif SMOKE and any(a.startswith("fmmkit.demos.") for a in args):
         args = [*args, "--steps", "20"]
     log.append(" ".join(args).replace(sys.executable + " -m fmmkit.cli", "fmmkit").replace(sys.executable, "python"))
     start = time.time()
@@ -93,8 +96,10 @@ def fd_table(rows: list[dict[str, Any]]) -> str:
 def part_init(work: Path, threads: int, every: int, log: list[str]) -> tuple[str, dict[str, Any]]:
     common = ["--quiet", "--overwrite", "--set", f"train.threads={threads}"]
     teacher, scratch, init = work / "digits_teacher", work / "digits_lmd", work / "digits_lmd_init"
-    seconds = {"teacher": run(fmmkit("train", "examples/digits_teacher.toml", "--out", str(teacher), *common), log)}
-    lmd = ["--set", f"teacher.run=\"{teacher}\"", "--set", f"checkpoint.every={every}", "--set", "checkpoint.keep=100"]
+    seconds = {"teacher": run(fmmkit("train", "examples/digits_teacher.toml", "--out", str(teacher), *common,
+                                     *TEACHER_STEPS), log)}
+    lmd = ["--set", f"teacher.run=\"{teacher}\"", "--set", f"checkpoint.every={every}", "--set", "checkpoint.keep=100",
+           *LMD_STEPS]
     seconds["scratch"] = run(fmmkit("train", "examples/digits_lmd.toml", "--out", str(scratch), *common, *lmd), log)
     seconds["init"] = run(fmmkit("train", "examples/digits_lmd.toml", "--out", str(init), *common, *lmd,
                                  "--set", "model.init_from=\"teacher\""), log)
@@ -107,7 +112,11 @@ def part_init(work: Path, threads: int, every: int, log: list[str]) -> tuple[str
     for step in steps:
         cells = [f"{curves[name][step][k]:.2f}" for name in ("scratch", "init") for k in STEPS]
         lines.append(f"| {step} | " + " | ".join(cells) + " |")
-    body = (f"digits_lmd.toml (LMD, semigradient, 1500 steps, batch 64, seed 0) from scratch and with "
+    from fmmkit.runs.run import load_run
+
+    lmd_steps, teacher_steps = load_run(scratch).spec.train.steps, load_run(teacher).spec.train.steps
+    body = (f"digits_teacher.toml ({teacher_steps} steps), then digits_lmd.toml (LMD, semigradient, {lmd_steps} "
+            f"steps, batch 64, seed 0) from scratch and with "
             f"`model.init_from=\"teacher\"` (the student's UNet starts from the teacher's weights, the second time "
             f"through a zero-initialised embedding). digits_fd of the flow map (raw weights at each checkpoint, "
             f"eval.num_samples = 2000, lower is better):\n\n" + "\n".join(lines)
@@ -121,7 +130,7 @@ def part_round_trip(work: Path, threads: int, state: dict[str, Any], log: list[s
     common = ["--quiet", "--overwrite", "--set", f"train.threads={threads}"]
     export, via = work / "digits_teacher_export", work / "digits_torch_module_lmd"
     run(fmmkit("export", str(state["teacher"]), "--out", str(export), "--overwrite"), log)
-    seconds = run(fmmkit("train", "examples/digits_torch_module_lmd.toml", "--out", str(via), *common,
+    seconds = run(fmmkit("train", "examples/digits_torch_module_lmd.toml", "--out", str(via), *common, *LMD_STEPS,
                          "--set", f"teacher.kwargs.path=\"{export}\"",
                          "--set", f"teacher.weights=\"{export / 'model.safetensors'}\""), log)
     direct, module = flow_map_fd(state["scratch"]), flow_map_fd(via)
@@ -176,10 +185,16 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=300, help="checkpoint (and score) every N steps")
     parser.add_argument("--parts", default="init,round_trip,diffusers,latent")
     parser.add_argument("--ddpm", help="a folder fmmkit.demos.tiny_diffusers_teacher wrote already (skips making it)")
+    parser.add_argument("--teacher-steps", type=int, help="train.steps of the digits teacher (default: the spec's)")
+    parser.add_argument("--lmd-steps", type=int, help="train.steps of every digits LMD run (default: the spec's)")
     parser.add_argument("--smoke", action="store_true", help="20 training steps everywhere; do not write RESULTS.md")
     args = parser.parse_args()
     if args.smoke:
         SMOKE.extend(["--set", "train.steps=20", "--set", "eval.num_samples=100", "--set", "train.log_every=10"])
+    if args.teacher_steps:
+        TEACHER_STEPS.extend(["--set", f"train.steps={args.teacher_steps}"])
+    if args.lmd_steps:
+        LMD_STEPS.extend(["--set", f"train.steps={args.lmd_steps}"])
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     parts = args.parts.split(",")
@@ -201,7 +216,10 @@ def main() -> None:
     head = (f"Machine: 2-core CPU, no GPU, torch and Python as in the project venv; shared with other jobs (1-minute "
             f"load average {load_before:.1f} at the start, {load_after:.1f} at the end): wall-clock times are upper "
             f"bounds. Every training ran with train.threads = {args.threads}.\n\n"
-            f"Reproduce: `nice -n 10 python benchmarks/pretrained.py --threads {args.threads} --parts {args.parts}`; "
+            f"Reproduce: `nice -n 5 python benchmarks/pretrained.py --threads {args.threads} --parts {args.parts} "
+            f"--every {args.every}"
+            + (f" --teacher-steps {args.teacher_steps}" if args.teacher_steps else "")
+            + (f" --lmd-steps {args.lmd_steps}" if args.lmd_steps else "") + "`; "
             "the commands it ran:\n\n" + "\n".join(f"    {c}" for c in log))
     text = head + "\n\n" + "\n\n".join(f"{t}\n\n{b}" for t, b in sections)
     if args.smoke:
