@@ -39,6 +39,8 @@ SMOKE: list[str] = []
 #: --teacher-steps / --lmd-steps: train.steps of the digits teacher / of every digits LMD run (empty: the specs')
 TEACHER_STEPS: list[str] = []
 LMD_STEPS: list[str] = []
+#: --reuse: a training whose run directory already holds a finished run (run.json) is not run again
+REUSE = False
 
 
 def run(args: list[str], log: list[str]) -> float:
@@ -48,6 +50,9 @@ def run(args: list[str], log: list[str]) -> float:
     elif SMOKE and any(a.startswith("fmmkit.demos.") for a in args):
         args = [*args, "--steps", "20"]
     log.append(" ".join(args).replace(sys.executable + " -m fmmkit.cli", "fmmkit").replace(sys.executable, "python"))
+    out = Path(args[args.index("--out") + 1]) if "train" in args and "--out" in args else None
+    if REUSE and out is not None and (out / "run.json").is_file():  # finished by an earlier call: its own time
+        return float(json.loads((out / "run.json").read_text())["seconds"])
     start = time.time()
     subprocess.run(args, cwd=ROOT, check=True)
     return time.time() - start
@@ -187,10 +192,14 @@ def main() -> None:
     parser.add_argument("--ddpm", help="a folder fmmkit.demos.tiny_diffusers_teacher wrote already (skips making it)")
     parser.add_argument("--teacher-steps", type=int, help="train.steps of the digits teacher (default: the spec's)")
     parser.add_argument("--lmd-steps", type=int, help="train.steps of every digits LMD run (default: the spec's)")
+    parser.add_argument("--reuse", action="store_true", help="keep the finished runs in --work (run the same "
+                        "command again after an interruption; wall-clock times are the runs' own)")
     parser.add_argument("--smoke", action="store_true", help="20 training steps everywhere; do not write RESULTS.md")
     args = parser.parse_args()
     if args.smoke:
         SMOKE.extend(["--set", "train.steps=20", "--set", "eval.num_samples=100", "--set", "train.log_every=10"])
+    global REUSE
+    REUSE = args.reuse
     if args.teacher_steps:
         TEACHER_STEPS.extend(["--set", f"train.steps={args.teacher_steps}"])
     if args.lmd_steps:
