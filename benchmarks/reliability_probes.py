@@ -539,8 +539,11 @@ def concurrency(lab: Lab, **_: Any) -> list[str]:
     lab.probe("sample while a writer runs", "concurrency", "sample", str(run), "--num", "20", "--out", "live.npy",
               expect="ok")
     lab.probe("eval while a writer runs", "concurrency", "eval", str(run), "--num", "50", expect="ok")
-    lab.probe("verify while a writer runs", "concurrency", "verify", str(run), "--num", "32", "--search-examples", "8",
-              expect="ok")
+    result = lab.probe("verify while a writer runs", "concurrency", "verify", str(run), "--num", "32",
+                       "--search-examples", "8", expect="ok")
+    if result.code == 1 and "verdict: FAILED" in result.stdout and not error_lines(result.stderr):
+        # verify ran and exits 1 by design when a law fails (a 300-step run of a tiny MLP fails them)
+        lab.records[-1].outcome, lab.records[-1].detail = OK, "ran; exit 1: the tiny run fails the laws (by design)"
     writer.kill()
     writer.communicate()
     step = max(_steps(run))
@@ -586,6 +589,7 @@ def permissions(lab: Lab, **_: Any) -> list[str]:
     lab.probe("train --out in a read-only folder", "permissions", "train", "tiny.toml", "--out", str(locked / "run"),
               "--quiet", prefix=prefix, expect=1)
     run = copy_run(lab, "ro_checkpoints", final=False)
+    shutil.rmtree(step_dir(run, 8))  # the resume must write a checkpoint (the final one) into checkpoints/
     (run / "checkpoints").chmod(0o555)
     lab.probe("resume with a read-only checkpoints/", "permissions", "train", "--resume", str(run), "--quiet",
               prefix=prefix, expect=1)
