@@ -79,7 +79,7 @@ def main() -> None:
     lines = [
         f"Machine: 2-core CPU, no GPU, torch {torch.__version__}, {args.threads} torch thread(s), shared with other "
         f"jobs (1-minute load average {load:.1f} at the start, {os.getloadavg()[0]:.1f} at the end). Reproduce: "
-        f"`nice -n 10 .venv/bin/python benchmarks/freeflow_gaussian.py --budgets {' '.join(map(str, args.budgets))}` "
+        f"`nice -n 5 .venv/bin/python benchmarks/freeflow_gaussian.py --budgets {' '.join(map(str, args.budgets))}` "
         f"({(time.perf_counter() - wall) / 60:.1f} min).",
         "",
         "Data-free spec (no [data]; the prior takes the teacher's shape), teacher = the exact velocity of "

@@ -101,7 +101,7 @@ def main() -> None:
     lines = [
         f"Machine: 2-core CPU, no GPU, torch {torch.__version__}, {args.threads} torch thread(s), shared with other "
         f"jobs (1-minute load average {load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end). "
-        f"Reproduce: `nice -n 10 .venv/bin/python benchmarks/guidance.py --steps {args.steps} --threads {args.threads}` "
+        f"Reproduce: `nice -n 5 .venv/bin/python benchmarks/guidance.py --steps {args.steps} --threads {args.threads}` "
         f"(training {train_s:.0f} s{'' if args.run is None else ', reused run'}; "
         f"{(time.perf_counter() - wall) / 60:.1f} min in total).",
         "",
