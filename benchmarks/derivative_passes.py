@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from step_cost import SETTINGS, TEACHER_KINDS, registered_losses, setting_spec, teacher_run  # noqa: E402
 
 
-def torch_func_jvp(fn: Any, primals: Any, tangents: Any) -> tuple[Tensor, Tensor]:
+def torch_func_jvp(fn: Any, primals: Any, tangents: Any, module: Any = None) -> tuple[Tensor, Tensor]:
     return torch.func.jvp(fn, tuple(primals), tuple(tangents))
 
 
