@@ -85,8 +85,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--competitor", choices=sorted(COMPETITORS), default="torch")
+    parser.add_argument("--threads", nargs="+", default=[str(t) for t in THREADS],
+                        help='settings to compare (default: 1 2 auto; "auto" must be one of them)')
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
+    settings = tuple("auto" if t == "auto" else int(t) for t in args.threads)
     uptime_before = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     times: dict[tuple[int | str, bool], list[float]] = {}
     used: dict[tuple[int | str, bool], list[int]] = {}
@@ -95,7 +98,7 @@ def main() -> None:
         for r in range(args.rounds):
             for loaded in (False, True):
                 with competitor(args.competitor if loaded else None):
-                    order = THREADS if r % 2 == 0 else THREADS[::-1]  # no setting always runs first
+                    order = settings if r % 2 == 0 else settings[::-1]  # no setting always runs first
                     for threads in order:
                         loads.setdefault((threads, loaded), []).append(load_average())
                         seconds, counts = train_seconds(args.spec, args.steps, threads, Path(tmp) / "run")
@@ -106,18 +109,18 @@ def main() -> None:
                               f"{loads[(threads, loaded)][-1]:.2f})", flush=True)
     uptime_after = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     median = {key: statistics.median(v) for key, v in times.items()}
-    pinned = [t for t in THREADS if t != "auto"]
+    pinned = [t for t in settings if t != "auto"]
     best = min(median[(t, False)] for t in pinned)
     best_label = min(pinned, key=lambda t: median[(t, False)])
     lines = [f"Machine: {os.cpu_count()}-core CPU (`uptime` before: `{uptime_before}`; after: `{uptime_after}`).",
              f"Reproduce: `nice -n 5 .venv/bin/python benchmarks/threads.py --steps {args.steps} --rounds {args.rounds} "
-             f"--competitor {args.competitor}` ({args.spec.name}, {args.steps} steps, training wall time from run.json, "
+             f"--competitor {args.competitor} --threads {' '.join(args.threads)}` ({args.spec.name}, {args.steps} steps, training wall time from run.json, "
              f"median of {args.rounds} interleaved rounds; the competitor is one {args.competitor} CPU-bound process "
              "started by the script).", "",
              f"| train.threads | as is (s) | with one competitor (s) | slowdown under the competitor | "
              f"as is, x the best pinned count ({best_label}) | threads used as is / with the competitor | "
              "1-min load at the runs' start, as is / with the competitor |", "|---|---|---|---|---|---|---|"]
-    for threads in THREADS:
+    for threads in settings:
         idle, loaded = median[(threads, False)], median[(threads, True)]
         span = " / ".join(f"{min(loads[(threads, x)]):.1f}-{max(loads[(threads, x)]):.1f}" for x in (False, True))
         counts = " / ".join(str(sorted(set(used[(threads, x)]))) for x in (False, True))
