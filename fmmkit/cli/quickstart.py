@@ -18,7 +18,7 @@ FLOW_MAP_SPEC = "checkerboard_lsd"
 #: the quickstart's budget on top of the spec: fewer steps; one torch thread (this small MLP gains little from a
 #: second one, and the table is then the same on every machine state); one ODE row (midpoint, 16 steps) in the
 #: table instead of five solvers (the 100- and 368-evaluation rows took most of the old quickstart's evaluation)
-QUICKSTART_OVERRIDES = ("train.steps=2500", "train.threads=1", 'eval.ode=[{kind = "midpoint", steps = 16}]')
+QUICKSTART_OVERRIDES = ("train.steps=2000", "train.threads=1", 'eval.ode=[{kind = "midpoint", steps = 16}]')
 
 
 def fresh_dir(out: Path) -> Path:
