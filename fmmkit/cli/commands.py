@@ -211,7 +211,7 @@ def cmd_spec(args: argparse.Namespace) -> int:
 
     spec = load_spec(args.spec, args.set)
     if args.action == "show":
-        print(spec_to_toml(spec), end="")
+        print(spec_to_toml(spec, comments=True), end="")
     else:
         from fmmkit.training.distributed import DistEnv
         from fmmkit.training.sharding import BatchPlan

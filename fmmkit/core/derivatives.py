@@ -111,7 +111,7 @@ def directional_derivative(
             return model(x_, s_, t_, y) if output == "map" else model.average_velocity(x_, s_, t_, y)
 
         with model.forward_ad_mode():
-            return jvp(fn, (x, s, t), (dx, ds, dt))
+            return jvp(fn, (x, s, t), (dx, ds, dt), module=model)
     if method == "finite_difference":
         return _central_difference(model, x, s, t, (dx, ds, dt), y, output, fd_step)
     raise ValueError(f"unknown derivative method {method!r}; use one of {DERIVATIVE_METHODS}")
