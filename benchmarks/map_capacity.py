@@ -41,12 +41,14 @@ def main() -> None:
         target = torch.cat([ode(run.model, c).x for c in z.split(20_000)])
         x0 = fixed_noise()
         print("ODE midpoint(16) on the fixed noise:", score(ode(run.model, x0).x), flush=True)
+    import ast
+
     import attrs
 
     base = run.spec.model.config  # the run's MLPConfig
     for item in args.overrides:
         key, _, value = item.removeprefix("model.").partition("=")
-        base = attrs.evolve(base, **{key: type(getattr(base, key))(eval(value))})
+        base = attrs.evolve(base, **{key: type(getattr(base, key))(ast.literal_eval(value))})
     torch.manual_seed(0)
     net = FlowMap(MLP(base, (2,)))
     opt = torch.optim.Adam(net.parameters(), lr=args.lr)
