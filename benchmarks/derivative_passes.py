@@ -43,13 +43,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from step_cost import SETTINGS, TEACHER_KINDS, registered_losses, setting_spec, teacher_run  # noqa: E402
 
 
-def torch_func_jvp(fn: Any, primals: Any, tangents: Any) -> tuple[Tensor, Tensor]:
+def torch_func_jvp(fn: Any, primals: Any, tangents: Any, module: Any = None) -> tuple[Tensor, Tensor]:
     return torch.func.jvp(fn, tuple(primals), tuple(tangents))
 
 
 def all_rows_eulerian_parts(self: FlowMapLoss, model: Any, x: Tensor, s: Tensor, t: Tensor, b: Tensor,
                             y: Tensor | None, *, diagonal: int = 0) -> tuple[Tensor, Tensor]:
-    v, total = eulerian_velocity_derivative(model, x, s, t, b, y=y, method=self.config.derivative)
+    v, total = eulerian_velocity_derivative(model, x, s, t, dx=b, y=y, method=self.config.derivative)
     return v, broadcast_time(t - s, v).to(v.dtype) * total
 
 

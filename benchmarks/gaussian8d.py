@@ -51,25 +51,15 @@ def spec_for(name: str, seed: int, steps: int, overrides: list[str]) -> dict[str
 def measure(run_dir: Path) -> dict[str, float]:
     from fmmkit.metrics.in_support import InSupport
     from fmmkit.runs import load_run
+    from fmmkit.verification.gaussian_fit import gaussian_fit
 
     run = load_run(run_dir)
     exact = run.data.exact_flow_map(run.interpolant)
-    g = torch.Generator().manual_seed(0)
-    n = 4096
-    a, b = torch.rand(n, generator=g), torch.rand(n, generator=g)
-    s, t = torch.minimum(a, b), torch.maximum(a, b)
-    x1 = exact.sample(n, g)
-    x0 = torch.randn(x1.shape, generator=g)
-    x_s = run.interpolant.interpolate(x0, x1, s).x_t
-    learned = run.model(x_s, s, t).double()
-    truth = exact(x_s.double(), s.double(), t.double())
-    error = (learned - truth).pow(2).mean().sqrt() / (truth - x_s.double()).pow(2).mean().sqrt()
+    fit = gaussian_fit(run.model, exact, run.interpolant)
     z = torch.randn(20_000, 8, generator=torch.Generator().manual_seed(1))
-    one = run.model(z, 0.0, 1.0).double()
-    ratio = one.std(dim=0) / exact.std
-    mean_err = ((one.mean(dim=0) - exact.mean) / exact.std).abs().max()
-    return {"map_error": float(error), "std_worst": float((ratio - 1).abs().max()),
-            "std_min": float(ratio.min()), "std_max": float(ratio.max()), "mean_err_std": float(mean_err),
+    one = run.model(z, 0.0, 1.0)
+    return {"map_error": fit.map_error, "std_worst": fit.std_worst, "std_min": float(fit.std_ratio.min()),
+            "std_max": float(fit.std_ratio.max()), "mean_err_std": fit.mean_error,
             "in_support": InSupport()(one.float(), one.float(), run.data)}
 
 

@@ -5,8 +5,8 @@ On a CUDA machine with no network:
     python benchmarks/gpu.py            # full: compiled steps, 5-minute digits run (~25 min)
     python benchmarks/gpu.py --quick    # eager steps, 1-minute digits run (< 4 minutes)
 
-1. Throughput. The CIFAR-10 UNet and DiT-B/2 of examples/cifar10_unet_lsd.toml and
-   examples/cifar10_dit_b2_lsd.toml (their [model] tables and batch 128) on synthetic 32x32 RGB images
+1. Throughput. The CIFAR-10 UNet and DiT-B/2 of the built-in specs cifar10_unet_lsd and
+   cifar10_dit_b2_lsd (their [model] tables and batch 128) on synthetic 32x32 RGB images
    (smooth random fields written to a temporary .npy; nothing is downloaded), trained by fmmkit's own
    trainer with flow matching, LSD, MeanFlow and LMD (distilling this benchmark's flow-matching run);
    bf16 autocast (``train.precision = "auto"``), ``[compile]`` on (full) or off (``--quick``), the
@@ -14,7 +14,7 @@ On a CUDA machine with no network:
    JVP passes use ``forward_ad`` either way). Images/s is the median over the trainer's log windows
    after the first (which holds the compile); peak GPU memory is ``torch.cuda.max_memory_allocated``
    over the run; the cost ratio is flow matching's images/s over the loss's.
-2. Quality: LSD on the built-in digits with the digits UNet of examples/digits_teacher.toml for
+2. Quality: LSD on the built-in digits with the digits UNet of the built-in digits_teacher spec for
    ``--minutes`` minutes of training (steps from a short calibration run), then ``fmmkit eval``'s
    digits Frechet distance of the flow map at 1, 2, 4 and 8 steps.
 
@@ -39,9 +39,9 @@ import numpy as np
 import torch
 
 HERE = Path(__file__).resolve().parent
-EXAMPLES = HERE.parent / "examples"
 TITLE = "GPU benchmark"
-MODELS = {"UNet (CIFAR-10)": "cifar10_unet_lsd.toml", "DiT-B/2": "cifar10_dit_b2_lsd.toml"}
+#: the built-in specs (fmmkit/specs/) whose [model] tables the throughput rows train
+MODELS = {"UNet (CIFAR-10)": "cifar10_unet_lsd", "DiT-B/2": "cifar10_dit_b2_lsd"}
 LOSSES = (("flow matching", "flow_matching"), ("LSD", "lagrangian_self_distillation"), ("MeanFlow", "meanflow"),
           ("LMD", "lagrangian_distillation"))
 TINY_MODELS = {"UNet (CIFAR-10)": {"kind": "unet", "channels": 8, "channel_mult": [1, 2], "num_res_blocks": 1,
@@ -71,10 +71,17 @@ def attention_backend() -> str:
     return "xformers" if registry.get("attention_backend", "xformers").component.unavailable_reason() is None else "sdpa"
 
 
+def builtin_table(name: str) -> dict[str, Any]:
+    """The TOML of a built-in spec (fmmkit/specs/NAME.toml), as written."""
+    from fmmkit.spec.builtin import builtin_spec_path
+
+    return tomllib.loads(builtin_spec_path(name).read_text())
+
+
 def model_table(name: str, tiny: bool) -> dict[str, Any]:
     if tiny:
         return dict(TINY_MODELS[name])
-    table = tomllib.loads((EXAMPLES / MODELS[name]).read_text())["model"]
+    table = builtin_table(MODELS[name])["model"]
     return {**table, "attention": attention_backend(), "forward_ad_attention": "forward_ad"}
 
 
@@ -84,7 +91,7 @@ def spec(name: str, model: dict[str, Any], loss: str, data: dict[str, Any], step
         "name": name, "data": data, "interpolant": {"kind": "linear"}, "model": model, "loss": {"kind": loss},
         "optim": {"lr": 1e-4, "grad_clip": 1.0},
         "train": {"steps": steps, "batch_size": batch, "seed": 0, "device": device, "precision": "auto",
-                  "log_every": max(1, steps // 4), "threads": 0 if device.startswith("cuda") else 1},
+                  "log_every": max(1, steps // 4), "threads": "auto" if device.startswith("cuda") else 1},
         "checkpoint": {"every": 0}, "log": {"tensorboard": False}, "compile": {"enabled": compiled},
     }
     if teacher is not None:
@@ -136,12 +143,12 @@ def quality_rows(args: argparse.Namespace, tmp: Path) -> tuple[int, float, list[
     import fmmkit
     from fmmkit.evaluation import evaluate
 
-    table = tomllib.loads((EXAMPLES / "digits_teacher.toml").read_text())
+    table = builtin_table("digits_teacher")
     model = TINY_MODELS["UNet (CIFAR-10)"] if args.tiny else table["model"]
     base = {"name": "gpu_digits_lsd", "data": table["data"], "interpolant": {"kind": "linear"}, "model": model,
             "loss": {"kind": "lagrangian_self_distillation"}, "optim": table["optim"],
             "train": {"batch_size": table["train"]["batch_size"], "seed": 0, "device": args.device, "log_every": 10,
-                      "threads": 0 if args.device.startswith("cuda") else 1},
+                      "threads": "auto" if args.device.startswith("cuda") else 1},
             "checkpoint": {"every": 0}, "log": {"tensorboard": False}, "sample": {"steps": QUALITY_STEPS},
             "eval": {"num_samples": 200 if args.tiny else 2000, "metrics": ["digits_fd"], "ode": []},
             "compile": {"enabled": False}}

@@ -8,12 +8,15 @@ time split into GEMMs, other ATen operations (elementwise, reductions, copies) a
 (Python, autograd, dispatch). Profiled times are inflated and shift with the machine's load; the
 GEMM counts and FLOPs are exact.
 
-    nice -n 5 .venv/bin/python benchmarks/profile_step.py --setting peer
+    nice -n 5 .venv/bin/python benchmarks/profile_step.py --setting peer [--write]
+
+``--write`` puts the table in the "Step profile (SETTING)" section of RESULTS.md, with the load.
 """
 
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 from pathlib import Path
 
@@ -47,22 +50,35 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--setting", choices=SETTINGS, default="peer")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/fmmkit-step-cost"))
+    parser.add_argument("--write", action="store_true", help="write the RESULTS.md section")
     args = parser.parse_args()
+    before = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     torch.set_num_threads(1)
     args.cache.mkdir(parents=True, exist_ok=True)
     steps = {label: make_step(args.setting, kind, config, args.cache) for label, kind, config in registered_losses()}
-    print(f"Setting {args.setting}. Command: `nice -n 5 .venv/bin/python benchmarks/profile_step.py --setting {args.setting}`.\n")
-    print("| loss | machinery | GEMM calls / step | GEMM GFLOP / step | x flow matching | profiled ms / step | "
-          "GEMM | other ATen (elementwise, ...) | Python, autograd, dispatch |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    lines = ["| loss | machinery | GEMM calls / step | GEMM GFLOP / step | x flow matching | profiled ms / step | "
+             "GEMM | other ATen (elementwise, ...) | Python, autograd, dispatch |", "|---|---|---|---|---|---|---|---|---|"]
+    print("\n".join(lines))
     fm: dict[str, float] = {}
     for label, step in steps.items():
         for variant, name in (("before", "before (torch.func.jvp)"), ("+ s = t rows skip the JVP", "now")):
             got = profile_step(step, variant)
             fm.setdefault(variant, got["gflop"])
-            print(f"| {label} | {name} | {got['gemm_calls']:.0f} | {got['gflop']:.2f} | {got['gflop'] / fm[variant]:.2f} | "
-                  f"{got['ms']:.0f} | {got['gemm_ms'] / got['ms']:.0%} | {got['aten_ms'] / got['ms']:.0%} | "
-                  f"{got['other_ms'] / got['ms']:.0%} |", flush=True)
+            lines.append(f"| {label} | {name} | {got['gemm_calls']:.0f} | {got['gflop']:.2f} | "
+                         f"{got['gflop'] / fm[variant]:.2f} | {got['ms']:.0f} | {got['gemm_ms'] / got['ms']:.0%} | "
+                         f"{got['aten_ms'] / got['ms']:.0%} | {got['other_ms'] / got['ms']:.0%} |")
+            print(lines[-1], flush=True)
+    after = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    from results_file import machine
+
+    head = (f"Machine: {machine()}; `uptime` before: `{before}`; after: `{after}` (profiled times are inflated and "
+            "follow the load; GEMM counts and FLOPs are exact). Command: `nice -n 5 .venv/bin/python "
+            f"benchmarks/profile_step.py --setting {args.setting} --write`. One training step (loss, backward, Adam), "
+            "3 profiled steps after 2 warm-up steps.")
+    if args.write:
+        from results_file import write_section
+
+        write_section(f"Step profile ({args.setting})", head + "\n\n" + "\n".join(lines))
 
 
 if __name__ == "__main__":

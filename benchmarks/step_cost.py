@@ -18,7 +18,7 @@ Memory (CPU, no caching allocator to ask): each loss in a fresh subprocess,
 
 Settings: ``peer`` (Meta flow_matching's 2D example: checkerboard scaled by 1/0.45, MLP 4 x 256,
 batch 4096, Adam 1e-3 constant, one torch thread), ``small`` (the MLP of benchmarks/losses.py:
-128 x 4, time_dim 2, batch 512), ``digits`` (the digits UNet of examples/digits_teacher.toml, batch 64).
+128 x 4, time_dim 2, batch 512), ``digits`` (the digits UNet of the built-in digits_teacher spec, batch 64).
 
     nice -n 5 .venv/bin/python benchmarks/step_cost.py --settings peer small digits --rounds 5
     nice -n 5 .venv/bin/python benchmarks/step_cost.py --tree /tmp/old_checkout --tree . --no-write  # before / after
@@ -63,7 +63,9 @@ def setting_spec(setting: str, kind: str, config: dict[str, Any], steps: int, lo
     if setting == "digits":
         import tomllib
 
-        spec = tomllib.loads((HERE.parent / "examples" / "digits_teacher.toml").read_text())
+        from fmmkit.spec.builtin import builtin_spec_path
+
+        spec = tomllib.loads(builtin_spec_path("digits_teacher").read_text())
         spec.pop("eval", None)
         spec.pop("sample", None)
         spec["train"].update({"threads": 1, "device": "cpu", "steps": steps, "log_every": log_every})
@@ -79,7 +81,8 @@ def setting_spec(setting: str, kind: str, config: dict[str, Any], steps: int, lo
                       "log_every": log_every},
         }
     spec.update({"name": f"step_cost_{setting}_{kind}", "loss": {"kind": kind, **config},
-                 "checkpoint": {"every": 0}, "log": {"tensorboard": False}})
+                 "checkpoint": {"every": 0}, "log": {"tensorboard": False},
+                 "compile": {"enabled": False}})  # eager steps (compiled ones: benchmarks/compile_gain.py)
     if teacher is not None:
         spec["teacher"] = {"run": str(teacher)}
     return spec
@@ -269,7 +272,7 @@ SETTING_TEXT = {
             "(fmmkit `mlp` defaults otherwise), batch 4096, Adam 1e-3 constant, 1 torch thread.",
     "small": "Small MLP of benchmarks/losses.py: checkerboard, MLP 128 x 4 with time_dim 2, batch 512, Adam 2e-3 "
              "cosine, grad clip 1, 1 torch thread.",
-    "digits": "Digits UNet of examples/digits_teacher.toml (8x8 digits, channels 16, mult [1, 2], attention at 4x4), "
+    "digits": "Digits UNet of the built-in digits_teacher spec (8x8 digits, channels 16, mult [1, 2], attention at 4x4), "
               "batch 64, 1 torch thread.",
 }
 

@@ -60,8 +60,10 @@ def test_signal_saves_a_checkpoint_and_resume_is_bit_identical(reference: Path, 
     assert_same_run(out, reference)
     steps = [r["step"] for r in records(out)]
     assert steps == list(range(1, 9)), f"metrics.jsonl should hold each step once, got {steps}"
+    # train.threads = "auto" (the default): each start records the thread governor's choice
     assert [(e["event"], e["step"]) for e in events(out)] == [
-        ("checkpoint", 4), ("checkpoint", 6), ("interrupted", 6), ("resume", 6), ("checkpoint", 8)]
+        ("threads", 0), ("checkpoint", 4), ("checkpoint", 6), ("interrupted", 6), ("resume", 6), ("threads", 6),
+        ("checkpoint", 8)]
 
 
 def test_resume_from_an_older_checkpoint_matches_and_loads_ema_by_default(reference: Path, tmp_path: Path) -> None:

@@ -88,7 +88,7 @@ def test_fresh_non_editable_install_runs_outside_the_source_tree(tmp_path: Path)
             "sample.steps=[1]", "sample.num_pictures=32", "sample.picture_solver_steps=2", "log.tensorboard=false"]
     sets = [arg for kv in tiny for arg in ("--set", kv)]
     trained = _run([fmmkit, "train", "checkerboard_lsd", "--quiet", "--out", "run", *sets], cwd=elsewhere)
-    assert trained.strip() == "trained: run" and (elsewhere / "run" / "model.safetensors").is_file()
+    assert trained.strip() == "trained: run (3 steps, 0 skipped)" and (elsewhere / "run" / "model.safetensors").is_file()
 
     (elsewhere / "test_profile.py").write_text(
         "from hypothesis import settings\n\n\ndef test_profile():\n"

@@ -31,7 +31,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 # ---- the references --------------------------------------------------------------------------------
 
-def reference_jvp(fn: Any, primals: Any, tangents: Any) -> tuple[Tensor, Tensor]:
+def reference_jvp(fn: Any, primals: Any, tangents: Any, module: Any = None) -> tuple[Tensor, Tensor]:
     """fmmkit's JVP before issue 13."""
     return torch.func.jvp(fn, tuple(primals), tuple(tangents))
 
@@ -39,7 +39,7 @@ def reference_jvp(fn: Any, primals: Any, tangents: Any) -> tuple[Tensor, Tensor]
 def reference_eulerian_parts(self: FlowMapLoss, model: FlowMap, x: Tensor, s: Tensor, t: Tensor, b: Tensor,
                              y: Tensor | None, *, diagonal: int = 0) -> tuple[Tensor, Tensor]:
     """``FlowMapLoss.eulerian_parts`` before issue 13: one JVP over every row, s = t rows included."""
-    v, total = eulerian_velocity_derivative(model, x, s, t, b, y=y, method=self.config.derivative)
+    v, total = eulerian_velocity_derivative(model, x, s, t, dx=b, y=y, method=self.config.derivative)
     return v, broadcast_time(t - s, v).to(v.dtype) * total
 
 

@@ -47,6 +47,15 @@ class DropoutNet(Backbone):
         return h @ self.b.to(x.dtype)
 
 
+def in_jvp(x: Tensor) -> bool:
+    """Whether ``x`` carries a tangent: a torch.func wrapper or a forward-AD dual number (fmmkit.core.jvp)."""
+    import torch.autograd.forward_ad as fwAD
+
+    if torch._C._functorch.is_functorch_wrapped_tensor(x):
+        return True
+    return fwAD.unpack_dual(x).tangent is not None
+
+
 class Recorder(Backbone):
     """Wraps a backbone and records, for every call: training mode, grad mode, whether it runs inside a
     JVP, the times and the labels."""
@@ -59,7 +68,7 @@ class Recorder(Backbone):
     def forward(self, x: Tensor, s: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         self.calls.append({
             "training": self.training, "grad": torch.is_grad_enabled(),
-            "jvp": torch._C._functorch.is_functorch_wrapped_tensor(x),
+            "jvp": in_jvp(x),
             "s": s.detach().clone() if not torch._C._functorch.is_functorch_wrapped_tensor(s) else None,
             "t": t.detach().clone() if not torch._C._functorch.is_functorch_wrapped_tensor(t) else None,
             "y": None if y is None else y.clone(),

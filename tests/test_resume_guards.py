@@ -34,7 +34,7 @@ def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.parametrize("old, new, key", [("batch_size = 32\n", "batch_size = 64\n", "train.batch_size"),
                                            ("seed = 3\n", "seed = 4\n", "train.seed"),
                                            ("diagonal_fraction = 0.75\n", "diagonal_fraction = 0.5\n",
-                                            "loss.diagonal_fraction")])
+                                            "loss.times.diagonal_fraction")])
 def test_resume_refuses_a_hand_edited_spec(finished: Path, tmp_path: Path, old: str, new: str, key: str) -> None:
     out = tmp_path / "run"
     shutil.copytree(finished, out)

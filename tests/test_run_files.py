@@ -55,7 +55,7 @@ def test_logs_survive_deletion_and_rotation_during_training(tmp_path: Path, monk
     patch_loss(monkeypatch, rotate)
     train(tiny_spec(), out=out, progress=False, pictures=False)
     assert [r["step"] for r in records(out)] == [3, 4, 5, 6, 7, 8]
-    assert [r["step"] for r in records(out, "events.jsonl.1")] == [4]
+    assert [(r["event"], r["step"]) for r in records(out, "events.jsonl.1")] == [("threads", 0), ("checkpoint", 4)]
     assert [(r["event"], r["step"]) for r in records(out, "events.jsonl")] == [("checkpoint", 8)]
     err = capfd.readouterr().err
     assert "metrics.jsonl was deleted or moved while the run was writing it; continuing in a new file" in err, err

@@ -1,4 +1,4 @@
-"""``train.threads = 0``: the thread count follows the cores other processes leave free (fmmkit.training.threads)."""
+"""``train.threads = "auto"``: the thread count follows the cores other processes leave free (fmmkit.training.threads)."""
 
 from __future__ import annotations
 

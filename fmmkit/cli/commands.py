@@ -211,7 +211,7 @@ def cmd_spec(args: argparse.Namespace) -> int:
 
     spec = load_spec(args.spec, args.set)
     if args.action == "show":
-        print(spec_to_toml(spec), end="")
+        print(spec_to_toml(spec, comments=True), end="")
     else:
         from fmmkit.training.distributed import DistEnv
         from fmmkit.training.sharding import BatchPlan
@@ -350,7 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--all", action="store_true", help="every built-in spec (then give only DIR)")
     q.set_defaults(func=cmd_spec_copy)
 
-    p = sub.add_parser("quickstart", help="the main job: checkerboard teacher, then a flow map, eval table and PNG")
+    p = sub.add_parser("quickstart", help="the main job: a one-step checkerboard flow map trained from data (LSD), eval table and PNG")
     p.add_argument("--out", default="runs/quickstart")
     p.add_argument("--quiet", action="store_true")
     add_set(p)

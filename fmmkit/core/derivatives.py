@@ -27,7 +27,7 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Callable, Iterator
-from typing import Literal
+from typing import Literal, TypedDict, Unpack
 
 import torch
 from torch import Tensor, nn
@@ -111,7 +111,7 @@ def directional_derivative(
             return model(x_, s_, t_, y) if output == "map" else model.average_velocity(x_, s_, t_, y)
 
         with model.forward_ad_mode():
-            return jvp(fn, (x, s, t), (dx, ds, dt))
+            return jvp(fn, (x, s, t), (dx, ds, dt), module=model)
     if method == "finite_difference":
         return _central_difference(model, x, s, t, (dx, ds, dt), y, output, fd_step)
     raise ValueError(f"unknown derivative method {method!r}; use one of {DERIVATIVE_METHODS}")
@@ -177,39 +177,36 @@ def eulerian_derivative(
     return directional_derivative(model, x, s, t, dx=dx, ds=torch.ones_like(s), y=y, method=method)
 
 
-def velocity_derivative(
-    model: FlowMap,
-    x: Tensor,
-    s: Tensor,
-    t: Tensor,
-    *,
-    dx: Tensor | None = None,
-    ds: Tensor | None = None,
-    dt: Tensor | None = None,
-    y: Tensor | None = None,
-    method: DerivativeMethod = "jvp",
-) -> tuple[Tensor, Tensor]:
-    """(v_{s,t}(x), d/de v_{s + e ds, t + e dt}(x + e dx) at e = 0) for the keyword tangent (dx, ds, dt)."""
-    return directional_derivative(model, x, s, t, dx=dx, ds=ds, dt=dt, y=y, output="average_velocity",
-                                  method=method)
+class PassOptions(TypedDict, total=False):
+    """The labels y and the derivative method of one derivative pass (see :func:`directional_derivative`)."""
+
+    y: Tensor | None
+    method: DerivativeMethod
 
 
-def eulerian_velocity_derivative(
-    model: FlowMap,
-    x: Tensor,
-    s: Tensor,
-    t: Tensor,
-    *,
-    dx: Tensor,
-    y: Tensor | None = None,
-    method: DerivativeMethod = "jvp",
-) -> tuple[Tensor, Tensor]:
+class TangentOptions(PassOptions, total=False):
+    """A keyword tangent (dx, ds, dt) with the pass options: what :func:`velocity_derivative` passes on."""
+
+    dx: Tensor | None
+    ds: Tensor | None
+    dt: Tensor | None
+
+
+def velocity_derivative(model: FlowMap, x: Tensor, s: Tensor, t: Tensor,
+                        **options: Unpack[TangentOptions]) -> tuple[Tensor, Tensor]:
+    """(v_{s,t}(x), d/de v_{s + e ds, t + e dt}(x + e dx) at e = 0) for the keyword tangent (dx, ds, dt):
+    :func:`directional_derivative` of the average velocity."""
+    return directional_derivative(model, x, s, t, output="average_velocity", **options)
+
+
+def eulerian_velocity_derivative(model: FlowMap, x: Tensor, s: Tensor, t: Tensor, *, dx: Tensor,
+                                 **options: Unpack[PassOptions]) -> tuple[Tensor, Tensor]:
     """(v_{s,t}(x), d/ds v_{s,t}(x) + grad_x v_{s,t}(x) dx): tangent dx, ds = 1, dt = 0 — MeanFlow's
     total derivative (dx = dI_s/ds, or the model's own velocity for iMF).
 
     With X = x + (t - s) v: d/ds X + grad_x X b = b - v + (t - s) (d/ds v + grad_x v b).
     """
-    return velocity_derivative(model, x, s, t, dx=dx, ds=torch.ones_like(s), y=y, method=method)
+    return velocity_derivative(model, x, s, t, dx=dx, ds=torch.ones_like(s), **options)
 
 
 def lagrangian_velocity_derivative(

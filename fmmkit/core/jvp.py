@@ -101,15 +101,29 @@ class FrozenWeightTangents(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def dual_numbers_unavailable() -> bool:
+def sharded(module: torch.nn.Module | None) -> bool:
+    """Whether ``module`` holds an FSDP2-sharded part: FSDP's pre-forward hook passes its inputs through
+    a custom autograd Function with no forward-AD rule for a view, so dual numbers cannot enter it."""
+    if module is None or not torch.distributed.is_available():
+        return False
+    from torch.distributed.fsdp import FSDPModule
+
+    return any(isinstance(m, FSDPModule) for m in module.modules())
+
+
+def dual_numbers_unavailable(module: torch.nn.Module | None = None) -> bool:
     """Whether dual numbers cannot run here: a ``torch.autograd.forward_ad`` level is already open (only
-    one can be), or a functorch transform that has no rule for them (``vmap``) is active."""
+    one can be), a functorch transform that has no rule for them (``vmap``) is active, or ``module`` is
+    FSDP-sharded (:func:`sharded`)."""
     open_level = fwAD._current_level >= 0  # noqa: SLF001  (torch keeps no public accessor)
-    return open_level or torch._C._functorch.peek_interpreter_stack() is not None  # noqa: SLF001
+    return open_level or torch._C._functorch.peek_interpreter_stack() is not None or sharded(module)  # noqa: SLF001
 
 
-def jvp(fn: Callable[..., Tensor], primals: Sequence[Tensor], tangents: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
-    """(fn(*primals), its directional derivative along ``tangents``), differentiable in both.
+def jvp(fn: Callable[..., Tensor], primals: Sequence[Tensor], tangents: Sequence[Tensor],
+        module: torch.nn.Module | None = None) -> tuple[Tensor, Tensor]:
+    """(fn(*primals), its directional derivative along ``tangents``), differentiable in both; ``module``
+    (the network ``fn`` runs) chooses torch.func.jvp where dual numbers cannot run
+    (:func:`dual_numbers_unavailable`).
 
     Example:
         >>> import torch
@@ -119,7 +133,7 @@ def jvp(fn: Callable[..., Tensor], primals: Sequence[Tensor], tangents: Sequence
         >>> bool(torch.allclose(dy, dx @ lin.weight.T))
         True
     """
-    if dual_numbers_unavailable():
+    if dual_numbers_unavailable(module):
         return torch.func.jvp(fn, tuple(primals), tuple(tangents))
     with fwAD.dual_level(), FrozenWeightTangents():
         out = fn(*(fwAD.make_dual(p, d) for p, d in zip(primals, tangents)))

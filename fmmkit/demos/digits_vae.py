@@ -10,49 +10,34 @@ Sec. 4.3.2), so the latents the flow map sees have unit variance.
 
 from __future__ import annotations
 
-import argparse
-import time
 from pathlib import Path
 
 import torch
 
+from fmmkit.demos.training import demo_parser, digits_images, fit
+
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="models/digits_vae")
-    parser.add_argument("--steps", type=int, default=1500)
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser = demo_parser(__doc__, "models/digits_vae", 1500)
     parser.add_argument("--kl", type=float, default=1e-4)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
 
     from diffusers import AutoencoderKL
 
-    from fmmkit.data.digits import Digits
-
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    digits = Digits()
-    images = digits.to_model_space(digits.pixels()[0])  # (1797, 1, 8, 8) in [-1, 1]
+    images = digits_images(args.seed, args.threads)  # (1797, 1, 8, 8) in [-1, 1]
     vae = AutoencoderKL(in_channels=1, out_channels=1, down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
                         up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), block_out_channels=(32, 64),
                         latent_channels=4, layers_per_block=1, norm_num_groups=16, sample_size=8)
     optimiser = torch.optim.Adam(vae.parameters(), lr=1e-3)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, args.steps)
-    g = torch.Generator().manual_seed(args.seed)
-    start = time.time()
-    for step in range(args.steps):
-        x = images[torch.randint(len(images), (args.batch_size,), generator=g)]
+
+    def batch_loss(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """L1 reconstruction of a posterior sample plus a small KL term."""
         posterior = vae.encode(x).latent_dist
         recon = vae.decode(posterior.sample(generator=g)).sample
-        loss = (recon - x).abs().mean() + args.kl * posterior.kl().mean() / x[0].numel()
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-        schedule.step()
-        if step % 500 == 0 or step == args.steps - 1:
-            print(f"step {step:5d}  loss {loss.item():.4f}  {time.time() - start:.0f}s", flush=True)
+        return (recon - x).abs().mean() + args.kl * posterior.kl().mean() / x[0].numel()
+
+    fit(batch_loss, images, vae.parameters(), optimiser, schedule, args.steps, args.batch_size, args.seed)
     vae.eval()
     with torch.no_grad():
         means = torch.cat([vae.encode(images[i:i + 256]).latent_dist.mean for i in range(0, len(images), 256)])

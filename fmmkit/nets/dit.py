@@ -146,12 +146,6 @@ class DiT(ImageBackbone):
         x = tokens.reshape(b, gh, gw, p, p, c)
         return torch.einsum("bhwpqc->bchpwq", x).reshape(b, c, gh * p, gw * p)
 
-    def enable_second_time(self) -> None:
-        """Start-from-teacher opt-in (:meth:`fmmkit.core.Backbone.enable_second_time`): c(s, t, y) becomes the
-        diagonal conditioning at t plus a zero-initialised embedding of the second time."""
-        self.cond.enable_second_time()
-        self.second_time_enabled = True
-
     def forward(self, x: Tensor, s: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         self.check_input(x)
         c = self.cond(s, t, y)  # (B, hidden), float32 (float64 for float64 times)

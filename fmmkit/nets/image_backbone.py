@@ -61,6 +61,13 @@ class ImageBackbone(AttentionBackbone):
         return ConditionEmbedding(dim, cfg.time_dim, cfg.time_embedding, cfg.time_pair, self.num_classes,
                                   cfg.label_dropout, guidance=self.guidance_input)
 
+    def enable_second_time(self) -> None:
+        """Start-from-teacher opt-in (:meth:`fmmkit.core.Backbone.enable_second_time`): the condition
+        c(s, t, y) (``self.cond``, made by :meth:`condition`) becomes the diagonal conditioning at t plus a
+        zero-initialised embedding of the second time."""
+        self.cond.enable_second_time()
+        self.second_time_enabled = True
+
     def check_input(self, x: Tensor) -> None:
         """Images of the shape the backbone was built for."""
         assert x.shape[1:] == self.shape, f"{self.kind} expects images of shape {self.shape}, got {tuple(x.shape[1:])}"

@@ -9,9 +9,10 @@ import torch
 from torch import Tensor, nn
 
 from fmmkit.core import Backbone, BuildContext
-from fmmkit.core.validators import one_of, positive
+from fmmkit.core.validators import non_negative, one_of, positive
 from fmmkit.hookspecs import hookimpl
 from fmmkit.core.conditioning import labels_of
+from fmmkit.nets.input_features import FourierInputFeatures
 from fmmkit.nets.embeddings import (TIME_EMBEDDINGS, TIME_PAIRS, GuidanceEmbedding, SecondTimeEmbedding,
                                     TwoTimeEmbedding, guidance_input, second_time)
 
@@ -29,6 +30,11 @@ class MLPConfig:
     #: its frequency, so semigradient Eulerian losses (EMD-sg, AYF, sCM) want a low one (e.g. 10)
     max_frequency: float = attrs.field(default=1000.0, validator=positive)
     zero_init_output: bool = True
+    #: random Fourier features of the state x added to the first layer's input (0: raw x only); they let
+    #: a one-step map place sharp folds (:mod:`fmmkit.nets.input_features`)
+    input_features: int = attrs.field(default=0, validator=non_negative)
+    #: standard deviation of those features' frequencies (cycles per unit of x)
+    input_scale: float = attrs.field(default=1.0, validator=positive)
 
 
 class MLP(Backbone):
@@ -49,7 +55,8 @@ class MLP(Backbone):
         self.time = TwoTimeEmbedding(config.time_dim, config.time_embedding, config.time_pair, config.max_frequency)
         self.label = nn.Embedding(num_classes + 1, config.width) if num_classes else None  # last index: no label
         self.guidance = GuidanceEmbedding(config.width) if guidance else None
-        self.inp = nn.Linear(dim + self.time.dim, config.width)
+        self.features = FourierInputFeatures(dim, config.input_features, config.input_scale)
+        self.inp = nn.Linear(self.features.dim + self.time.dim, config.width)
         self.hidden = nn.ModuleList(nn.Linear(config.width, config.width) for _ in range(config.depth - 1))
         self.out = nn.Linear(config.width, dim)
         if config.zero_init_output:
@@ -74,7 +81,7 @@ class MLP(Backbone):
         batch = x.shape[0]
         assert x.shape[1:] == self.shape, f"mlp expects points of shape {self.shape}, got {tuple(x.shape[1:])}"
         emb = (self.time(s, t) if self.second is None else self.time(t, t)).to(x.dtype)  # (B, 2 time_dim)
-        h = self.inp(torch.cat([x.reshape(batch, -1), emb], dim=1))  # (B, width)
+        h = self.inp(torch.cat([self.features(x.reshape(batch, -1)), emb], dim=1))  # (B, width)
         if self.second is not None:
             h = h + self.second(second_time(self.config.time_pair, s, t)).to(h.dtype)
         if self.label is not None:

@@ -177,12 +177,6 @@ class UNet(ImageBackbone):
         assert not skips, f"unet skip bookkeeping left {skips}"
         self.out = nn.Sequential(nn.GroupNorm(groups, width_now), nn.SiLU(), zero_(nn.Conv2d(width_now, cin, 3, padding=1)))
 
-    def enable_second_time(self) -> None:
-        """Start-from-teacher opt-in (:meth:`fmmkit.core.Backbone.enable_second_time`): c(s, t, y) becomes the
-        diagonal conditioning at t plus a zero-initialised embedding of the second time."""
-        self.cond.enable_second_time()
-        self.second_time_enabled = True
-
     def forward(self, x: Tensor, s: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         self.check_input(x)
         c = self.cond(s, t, y)  # (B, 4 channels), float32 (float64 for float64 times)

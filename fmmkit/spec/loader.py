@@ -22,7 +22,7 @@ from fmmkit.core.errors import EnvironmentProblem
 from fmmkit.core.validators import SpecValueError
 from fmmkit.registry import Registry, RegistryError, get_registry, plural
 from fmmkit.spec.errors import SpecError, SpecWarning
-from fmmkit.spec.schema import DEFAULT_METRICS, DEFAULT_ODE_SOLVERS, ComponentSpec, Spec
+from fmmkit.spec.schema import DEFAULT_METRICS, DEFAULT_ODE_SOLVERS, CompileChoice, ComponentSpec, Spec, ThreadCount, field_docs
 from fmmkit.spec.toml_writer import dumps
 from fmmkit.moved import moved_getattr
 
@@ -85,7 +85,34 @@ def make_converter() -> cattrs.Converter:
     conv.register_structure_hook(str, _strict(str, (str,), "a string"))
     conv.register_structure_hook_factory(_is_list, _list_factory)
     conv.register_structure_hook(float | list[float], _number_or_range)
+    conv.register_structure_hook_factory(_is_literal, _literal_factory)
+    conv.register_structure_hook(ThreadCount, _auto_or(int, "an integer", '"auto" or an integer'))
+    conv.register_structure_hook(CompileChoice, _auto_or(bool, "true or false", '"auto", true or false'))
     return conv
+
+
+def _is_literal(type_: Any) -> bool:
+    return typing.get_origin(type_) is typing.Literal
+
+
+def _literal_factory(type_: Any, converter: cattrs.Converter) -> Any:
+    """A Literal of strings is read as a string; the field's validator names the choices."""
+    return _strict(str, (str,), "a string")
+
+
+def _auto_or(kind: type, label: str, choices: str) -> Any:
+    """"auto", or a value of ``kind`` (``threads = "auto"`` or ``threads = 2``)."""
+    strict = _strict(kind, (kind,), label)
+
+    def hook(value: Any, _: Any) -> Any:
+        if value == "auto":
+            return value
+        try:
+            return strict(value, kind)
+        except TypeError:
+            raise TypeError(f"expected {choices}, got {value!r} ({_type_name(value)})") from None
+
+    return hook
 
 
 def _number_or_range(value: Any, _: Any) -> float | list[float]:
@@ -538,9 +565,16 @@ def spec_to_dict(spec: Spec) -> dict[str, Any]:
     return out
 
 
-def spec_to_toml(spec: Spec) -> str:
-    """The resolved spec as TOML text; loading it gives the same spec."""
-    return dumps(spec_to_dict(spec))
+def spec_docs() -> dict[str, dict[str, str]]:
+    """{section: {key: documentation}} of the fixed sections' documented fields (schema.field_docs)."""
+    return {f.name: field_docs(f.type) for f in attrs.fields(attrs.resolve_types(Spec))
+            if isinstance(f.type, type) and attrs.has(f.type) and field_docs(f.type)}
+
+
+def spec_to_toml(spec: Spec, comments: bool = False) -> str:
+    """The resolved spec as TOML text; loading it gives the same spec. ``comments``: each documented
+    key with its documentation above it (what ``fmmkit spec show`` prints)."""
+    return dumps(spec_to_dict(spec), spec_docs() if comments else None)
 
 
 __getattr__ = moved_getattr(__name__)  # former names (fmmkit.moved)

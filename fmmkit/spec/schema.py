@@ -8,7 +8,7 @@ validated, defaulted and written to the run's resolved spec with no further code
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 
@@ -18,6 +18,36 @@ from fmmkit.moved import moved_getattr
 #: Seeds torch, NumPy's SeedSequence and the data streams all accept (non-negative 64-bit integers).
 SEED_RANGE = (0, 2**63 - 1)
 seed_in_range = in_range(*SEED_RANGE)
+
+#: ``train.threads``: "auto" (the thread governor, :mod:`fmmkit.training.threads`) or a fixed count >= 1
+#: (0 is read as "auto", as in specs written before "auto" existed).
+ThreadCount = Literal["auto"] | int
+#: ``compile.enabled``: "auto" (:mod:`fmmkit.training.autocompile`), or true / false to pin it.
+CompileChoice = Literal["auto"] | bool
+
+#: The key of a field's one-line documentation in its attrs metadata; ``fmmkit spec show`` prints it
+#: as a comment above the key (see :func:`field_docs`).
+DOC = "doc"
+
+
+def doc(text: str, **metadata: Any) -> dict[str, Any]:
+    """attrs field metadata holding the field's documentation (``attrs.field(metadata=doc("..."))``)."""
+    return {DOC: text, **metadata}
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """{key: documentation} of the fields of a spec table class that carry one."""
+    return {f.name: f.metadata[DOC] for f in attrs.fields(cls) if DOC in f.metadata}
+
+
+def _check_threads(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value != "auto" and not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+        raise SpecValueError(attribute.name, f'must be "auto" or a number of threads >= 1, got {value!r}')
+
+
+def _check_compile(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value != "auto" and not isinstance(value, bool):
+        raise SpecValueError(attribute.name, f'must be "auto", true or false, got {value!r}')
 
 
 @attrs.define(frozen=True)
@@ -51,26 +81,36 @@ class OptimConfig:
 
 @attrs.define(frozen=True)
 class TrainConfig:
-    """Steps, batch size, seed, device ("auto" picks CUDA when visible) and logging interval."""
+    """How a run trains: steps, batch, seed, device, threads, precision, parallelism, non-finite policy."""
 
-    steps: int = attrs.field(default=2000, validator=non_negative)
-    batch_size: int = attrs.field(default=1024, validator=positive)
-    seed: int = attrs.field(default=0, validator=seed_in_range)
-    device: str = attrs.field(default="auto")
-    log_every: int = attrs.field(default=100, validator=positive)
-    threads: int = attrs.field(default=0, validator=non_negative)
-    #: batch_size is the global batch, split into micro_batches equal parts over all processes
-    #: (gradient accumulation = micro_batches / processes; 0 = one per process). Runs with the same
-    #: micro_batches draw the same data and noise whatever the number of processes.
-    micro_batches: int = attrs.field(default=0, validator=non_negative)
-    #: "auto": bf16 autocast on CUDA with bf16 support, float32 elsewhere; "bf16" falls back to float32 off CUDA.
-    precision: str = attrs.field(default="auto", validator=one_of(("auto", "float32", "bf16")))
-    #: Under torchrun: "ddp" (replicated weights, averaged gradients) or "fsdp" (FSDP2 sharded weights).
-    parallel: str = attrs.field(default="ddp", validator=one_of(("ddp", "fsdp")))
-    #: A non-finite loss or gradient: "stop" the run with a message, or "skip" the optimiser step.
-    on_nonfinite: str = attrs.field(default="stop", validator=one_of(("stop", "skip")))
-    #: With on_nonfinite = "skip": the run stops once more than this fraction of train.steps was skipped.
-    skip_limit: float = attrs.field(default=0.1, validator=unit_interval)
+    steps: int = attrs.field(default=2000, validator=non_negative, metadata=doc("optimiser steps of the run"))
+    batch_size: int = attrs.field(default=1024, validator=positive,
+                                  metadata=doc("points per optimiser step (the global batch, over all processes)"))
+    seed: int = attrs.field(default=0, validator=seed_in_range,
+                            metadata=doc("seeds the weights, the data streams and the loss's noise"))
+    device: str = attrs.field(default="auto", metadata=doc('"auto" (CUDA when visible, else CPU), "cpu", "cuda", '
+                                                           '"cuda:N" or "mps"'))
+    log_every: int = attrs.field(default=100, validator=positive,
+                                 metadata=doc("steps between two lines of metrics.jsonl"))
+    threads: ThreadCount = attrs.field(default="auto", validator=_check_threads, metadata=doc(
+        '"auto": as many torch threads as cores other processes leave free, re-checked every 5 s (a "threads" '
+        "event in events.jsonl at each change); N: exactly N threads (pin it to reproduce a UNet run bit for bit "
+        "under another load)"))
+    micro_batches: int = attrs.field(default=0, validator=non_negative, metadata=doc(
+        "batch_size splits into this many equal micro-batches over all processes (gradient accumulation = "
+        "micro_batches / processes; 0 = one per process); the same value draws the same data and noise "
+        "whatever the number of processes"))
+    precision: Literal["auto", "float32", "bf16"] = attrs.field(
+        default="auto", validator=one_of(("auto", "float32", "bf16")),
+        metadata=doc('"auto": bf16 autocast on CUDA with bf16 support, float32 elsewhere; "bf16" falls back to '
+                     "float32 off CUDA"))
+    parallel: Literal["ddp", "fsdp"] = attrs.field(default="ddp", validator=one_of(("ddp", "fsdp")), metadata=doc(
+        'under torchrun: "ddp" (replicated weights, averaged gradients) or "fsdp" (FSDP2 sharded weights)'))
+    on_nonfinite: Literal["stop", "skip"] = attrs.field(default="stop", validator=one_of(("stop", "skip")),
+                                                        metadata=doc('a non-finite loss or gradient: "stop" the run '
+                                                                     'with a message, or "skip" the optimiser step'))
+    skip_limit: float = attrs.field(default=0.1, validator=unit_interval, metadata=doc(
+        'with on_nonfinite = "skip": the run stops once more than this fraction of steps was skipped'))
 
     @device.validator
     def _check_device(self, attribute: attrs.Attribute[Any], value: str) -> None:
@@ -162,14 +202,20 @@ class CheckpointConfig:
 
 @attrs.define(frozen=True)
 class CompileConfig:
-    """torch.compile of the training step (loss, JVPs and backward); backend "inductor" (the default,
-    generated kernels) or another torch.compile backend such as "aot_eager" (trace only, for debugging)."""
+    """torch.compile of the training step (loss, JVPs and backward)."""
 
-    enabled: bool = False
-    backend: str = "inductor"
-    mode: str = attrs.field(default="default", validator=one_of(
-        ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")))
-    fullgraph: bool = False
+    enabled: CompileChoice = attrs.field(default="auto", validator=_check_compile, metadata=doc(
+        '"auto": time eager steps, compile when the steps left pay for the compile, keep the compiled step only '
+        'if it is faster ("compile" events in events.jsonl); true: always compile (a failure is an error); '
+        "false: never"))
+    backend: str = attrs.field(default="inductor", metadata=doc(
+        'torch.compile backend: "inductor" (generated kernels) or another, such as "aot_eager" (trace only, '
+        "for debugging)"))
+    mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = attrs.field(
+        default="default", validator=one_of(("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")),
+        metadata=doc("inductor's mode"))
+    fullgraph: bool = attrs.field(default=False, metadata=doc("true: a graph break is an error instead of a "
+                                                              "split graph"))
 
 
 @attrs.define(frozen=True)

@@ -17,9 +17,11 @@ matching's about 1.05x, after a 10-60 s compile (RESULTS.md, "Step cost ..."). S
 
 Each decision to compile, keep or drop the compiled step, the compile time and both medians are
 reported through ``on_event`` (the trainer writes them to events.jsonl); staying eager because the
-run is short is the default and is not reported. Compiled and eager steps agree to float rounding, not bit for bit: a
-run resumed from a checkpoint continues exactly when it makes the same choice (``enabled = true`` or
-``false`` pin it).
+run is short is the default and is not reported. Compiled and eager steps agree to float rounding, not bit for bit,
+so a checkpoint records the choice (:meth:`AutoCompile.state_dict`) and a resumed run continues with it:
+compiled if the run had switched, eager if it had dropped the compiled step, still timing if it had not
+decided (the eager steps of the probe are the eager steps the run would have taken). A run that stayed
+eager because it was short probes again when resumed with more steps. ``enabled = true`` or ``false`` pin it.
 """
 
 from __future__ import annotations
@@ -76,14 +78,46 @@ class AutoCompile:
         self.eager_seconds = self.compiled_seconds = self.first_compiled_seconds = float("nan")
         self.reason = ""
         self._last: float | None = None
+        self._unverified = False  # compiled again after a resume: a failure on its first call falls back
 
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint records: the mode ("probing" while undecided, or after staying eager on a
+        short run) and the eager median (ms) that a compiled step being tried is compared with."""
+        mode = "probing" if self.mode == "eager" and self.reason.startswith("too few") else self.mode
+        measured = self.eager_seconds == self.eager_seconds  # not NaN
+        return {"mode": mode, "eager_ms": self.eager_seconds * 1e3 if measured else None}
+
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
+        """Continue from a checkpoint's choice (see :meth:`state_dict`); compiles now if it had compiled."""
+        mode = saved.get("mode", "probing")
+        if mode not in ("probing", "trying", "compiled", "eager"):
+            raise ValueError(f"unknown compile mode {mode!r}")
+        eager_ms = saved.get("eager_ms")
+        self.eager_seconds = float("nan") if eager_ms is None else float(eager_ms) / 1e3
+        if mode in ("trying", "compiled"):
+            try:
+                self.compiled = self.compile_fn(self.eager)
+            except Exception as exc:  # noqa: BLE001
+                self._fall_back(exc)
+                return
+            self._unverified = mode == "compiled"
+        self.mode, self.intervals = mode, []
+        if mode == "trying":
+            self.calls = self.warmup  # the first interval holds the compile, as in an uninterrupted run
     def __call__(self, *args: Any) -> Any:
         self.calls += 1
         if self.mode == "eager":
             return self.eager(*args)
         if self.mode == "compiled":
             assert self.compiled is not None
-            return self.compiled(*args)
+            if not self._unverified:
+                return self.compiled(*args)
+            self._unverified = False
+            try:
+                return self.compiled(*args)
+            except Exception as exc:  # noqa: BLE001
+                self._fall_back(exc)
+                return self.eager(*args)
         now = time.perf_counter()
         if self.calls > self.warmup + 1 and self._last is not None:
             self.intervals.append(now - self._last)

@@ -1,7 +1,12 @@
-"""The compiled step: one micro-batch's loss as a function torch.compile can trace (``[compile]``)."""
+"""The compiled step: one micro-batch's loss as a function torch.compile can trace (``[compile]``).
+
+``compile.enabled = "auto"`` (the default) wraps the step in :class:`~fmmkit.training.autocompile.AutoCompile`,
+which compiles it only when that pays on this run; ``true`` compiles it from the first step, ``false`` never.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -9,18 +14,15 @@ from torch import Tensor
 
 from fmmkit.core import Batch, FlowMap, Loss
 from fmmkit.spec import Spec
+from fmmkit.training.autocompile import AutoCompile
 from fmmkit.training.errors import TrainingError
 
+Compute = Callable[[Tensor, "Tensor | None", int], "tuple[Tensor, dict[str, Any]]"]
 
-def make_compute(model: FlowMap, loss: Loss, teacher: Any, spec: Spec) -> Any:
-    """fn(x1, y, step) -> (loss, terms) for one micro-batch; torch.compile'd when ``compile.enabled``."""
 
-    def compute(x1: Tensor, y: Tensor | None, step: int) -> tuple[Tensor, dict[str, Any]]:
-        output = loss(model, Batch(x1, y), teacher=teacher, step=step)
-        return output.loss, dict(output.metrics)
-
-    if not spec.compile.enabled:
-        return compute
+def compiled_step(compute: Compute, spec: Spec) -> Compute:
+    """``compute`` under torch.compile with the spec's backend, mode and fullgraph; a trace failure is a
+    one-line TrainingError."""
     options = {"mode": spec.compile.mode} if spec.compile.backend == "inductor" else {}
     compiled = torch.compile(compute, backend=spec.compile.backend, fullgraph=spec.compile.fullgraph, **options)
 
@@ -35,3 +37,25 @@ def make_compute(model: FlowMap, loss: Loss, teacher: Any, spec: Spec) -> Any:
 
     run.compiled = compiled  # type: ignore[attr-defined]
     return run
+
+
+def make_compute(model: FlowMap, loss: Loss, teacher: Any, spec: Spec, *, steps_left: int | None = None,
+                 calls_per_step: int = 1, device_type: str = "cpu",
+                 on_event: Callable[..., None] | None = None) -> Any:
+    """fn(x1, y, step) -> (loss, terms) for one micro-batch: eager (``compile.enabled = false``),
+    torch.compile'd (``true``) or an :class:`AutoCompile` choosing between them (``"auto"``, over
+    ``steps_left`` optimiser steps of ``calls_per_step`` micro-batches; decisions go to ``on_event``)."""
+
+    def compute(x1: Tensor, y: Tensor | None, step: int) -> tuple[Tensor, dict[str, Any]]:
+        output = loss(model, Batch(x1, y), teacher=teacher, step=step)
+        return output.loss, dict(output.metrics)
+
+    enabled = spec.compile.enabled
+    if enabled is False:
+        return compute
+    if enabled is True:
+        return compiled_step(compute, spec)
+    return AutoCompile(compute, lambda eager: compiled_step(eager, spec),
+                       total_steps=spec.train.steps if steps_left is None else steps_left,
+                       calls_per_step=calls_per_step, device_type=device_type,
+                       takes_jvp=bool(getattr(loss, "needs_forward_ad", False)), on_event=on_event)

@@ -45,6 +45,7 @@ from fmmkit.spec.schema import ComponentSpec
 from fmmkit.training import distributed as dist
 from fmmkit.training.build import Pipeline, build_pipeline
 from fmmkit.training.checkpoint import list_checkpoints, load_latest, remove_staging
+from fmmkit.training.autocompile import AutoCompile
 from fmmkit.training.compile import make_compute
 from fmmkit.training.distributed import DistEnv
 from fmmkit.training.ema import EMA
@@ -55,6 +56,7 @@ from fmmkit.training.precision import autocast, autocast_dtype, with_float32_der
 from fmmkit.training.resume import check_resumable
 from fmmkit.training.sharding import BatchPlan, Stream
 from fmmkit.training.signals import StopFlag, TrainingInterrupted
+from fmmkit.training.threads import ThreadGovernor
 from fmmkit.training.state import TrainState, export_weights, restore, weights_state, write_checkpoint
 from fmmkit.version import __version__
 
@@ -223,13 +225,24 @@ def train_pipeline(pipeline: Pipeline, out: Path, progress: bool = True, *, env:
             raise SpecError([f"{spec.source}: train.steps = {cfg.steps} is below the checkpoint's step {state.step}"])
         apply_resumed_lr(state, spec)
     dtype = autocast_dtype(cfg.precision, device)
-    compute = make_compute(with_float32_derivatives(model, dtype, device), pipeline.loss, pipeline.teacher, spec)
     log = RunLog(out, name=spec.name, total=cfg.steps, start=state.step, active=env.is_main, progress=progress,
                  tensorboard=spec.log.tensorboard)
+    compute = make_compute(with_float32_derivatives(model, dtype, device), pipeline.loss, pipeline.teacher, spec,
+                           steps_left=cfg.steps - state.step, calls_per_step=len(state.streams),
+                           device_type=device.type, on_event=lambda kind, **fields: log.event(state.step, kind, **fields))
+    if isinstance(compute, AutoCompile):
+        state.autocompile = compute
+        if state.compile_record:  # the resumed run continues with the choice the checkpoint recorded
+            compute.load_state_dict(state.compile_record)
     if resume:
         log.event(state.step, "resume")
         for key, before, now in changes:
             log.event(state.step, "changed", **{"key": key, "from": before, "to": now})
+    threads_before = torch.get_num_threads()
+    governor = ThreadGovernor(cfg.threads)
+    if governor.auto:
+        log.event(state.step, "threads", threads=governor.threads, cores=governor.cores,
+                  busy_elsewhere=round(governor.history[-1][0], 2))
     last: dict[str, float] = {}
     window = (time.perf_counter(), state.step)
     model.train()
@@ -267,6 +280,10 @@ def train_pipeline(pipeline: Pipeline, out: Path, progress: bool = True, *, env:
                     raise TrainingError(_stop_message(problem, out, "Lower optim.lr, set optim.grad_clip, or set "
                                                                     "train.on_nonfinite = \"skip\""))
                 log.advance()
+                threads = governor.threads
+                if governor.tick() != threads:
+                    log.event(state.step, "threads", threads=governor.threads, cores=governor.cores,
+                              busy_elsewhere=round(governor.history[-1][0], 2))
                 if state.step % cfg.log_every == 0 or state.step == cfg.steps:
                     now = time.perf_counter()
                     rate = (state.step - window[1]) * cfg.batch_size / max(now - window[0], 1e-9)
@@ -293,6 +310,7 @@ def train_pipeline(pipeline: Pipeline, out: Path, progress: bool = True, *, env:
         export_weights(out, state, env)
     finally:
         log.close()
+        torch.set_num_threads(threads_before)
     return Trained(last, state.skipped)
 
 
@@ -342,7 +360,7 @@ def train(spec: str | Path | dict[str, Any] | Spec, *, out: str | Path | None = 
     registry = registry or get_registry()
     resolved = load_spec(spec, overrides, registry)
     out_dir = Path(out) if out is not None else default_run_dir(resolved)
-    if resolved.train.threads:
+    if resolved.train.threads != "auto" and resolved.train.threads > 0:  # "auto": the loop's ThreadGovernor
         torch.set_num_threads(resolved.train.threads)
     check_inputs_outside(resolved, out_dir)
     with dist.distributed_session(resolved.train.device) as (env, device):

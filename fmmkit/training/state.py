@@ -10,7 +10,7 @@ parts; otherwise rank 0 stores the shared ones and each process its ``rng``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,10 @@ class TrainState:
     streams: list[Stream]
     step: int = 0
     skipped: int = 0
+    #: the step's AutoCompile (``compile.enabled = "auto"``), whose choice a checkpoint records
+    autocompile: Any = None
+    #: that choice as a resumed checkpoint recorded it (AutoCompile.state_dict), {} for a new run
+    compile_record: dict[str, Any] = field(default_factory=dict)
 
     def params(self) -> list[torch.nn.Parameter]:
         """Everything the optimiser updates: the model's parameters, then the loss's."""
@@ -58,6 +62,8 @@ def checkpoint_parts(state: TrainState, sharded: bool) -> tuple[dict[str, Any], 
     """(shared parts, this process's parts): under FSDP every part is per process."""
     trainer = {"step": state.step, "skipped": state.skipped, "optimizer": state.optimizer.state_dict(),
                "scheduler": state.scheduler.state_dict(), "loss": state.loss.state_dict()}
+    if state.autocompile is not None:
+        trainer["compile"] = state.autocompile.state_dict()
     weights = {"model": state.model.state_dict(),
                **{label: state.ema.state_dict(label, state.model) for label in state.ema.labels}}
     rng = {"global": capture_rng(), "streams": {str(s.slot): s.state_dict() for s in state.streams}}
@@ -121,6 +127,7 @@ def restore(state: TrainState, loaded: LoadedCheckpoint, env: DistEnv, plan: Bat
         state.scheduler.load_state_dict(trainer["scheduler"])
         state.loss.load_state_dict(trainer["loss"])
         state.step, state.skipped = int(trainer["step"]), int(trainer["skipped"])
+        state.compile_record = dict(trainer.get("compile", {}))
         by_rank = loaded.others.get("rng", {})
         restore_rng(by_rank.get(env.rank, by_rank.get(0, {"global": capture_rng()}))["global"])
         streams = {slot: s for r in by_rank.values() for slot, s in r["streams"].items()}

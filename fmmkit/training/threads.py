@@ -1,4 +1,4 @@
-"""How many torch threads a CPU training step uses: ``train.threads = 0`` (the default) chooses them.
+"""How many torch threads a CPU training step uses: ``train.threads = "auto"`` (the default) chooses them.
 
 On a machine whose cores other processes also use, a torch thread that shares a core with another
 busy process makes every parallel region wait for it: with two threads on two cores and one other
@@ -16,7 +16,8 @@ over output elements; tests/test_threads.py trains with 1 and 2 threads and comp
 for bit); convolutions and group norms reduce in thread-dependent order, so a UNet's weights can
 differ in float rounding (7e-9 after three digits steps here): pin ``train.threads`` to reproduce
 such a run bit for bit under a different load. Off Linux (no /proc/stat) it uses the usable cores.
-A positive ``train.threads`` is used as given.
+A positive ``train.threads`` is used as given (0, in specs written before "auto", means "auto").
+The trainer writes the first choice and every change as a ``threads`` event to events.jsonl.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -105,7 +107,7 @@ class ThreadGovernor:
     """Sets torch's thread count for a training run and keeps it matched to the free cores.
 
     ``ThreadGovernor(train.threads)`` makes the first choice; ``tick()`` after each step re-checks every
-    ``interval`` seconds (a fixed ``threads > 0`` is set once and never changed).
+    ``interval`` seconds (a fixed ``threads > 0`` is set once and never changed; "auto" or 0 follow the load).
 
     Example:
         >>> governor = ThreadGovernor(1)
@@ -115,14 +117,15 @@ class ThreadGovernor:
         1
     """
 
-    def __init__(self, requested: int = 0, interval: float = CHECK_INTERVAL, first_window: float = FIRST_WINDOW) -> None:
-        self.auto = requested <= 0
+    def __init__(self, requested: int | Literal["auto"] = "auto", interval: float = CHECK_INTERVAL,
+                 first_window: float = FIRST_WINDOW) -> None:
+        self.auto = requested == "auto" or int(requested) <= 0
         self.cores = usable_cores()
         self.interval = interval
         self.history: list[tuple[float, int]] = []  # (busy cores elsewhere, threads chosen) at each check
         self.last: CpuSample | None = None
         if not self.auto:
-            self._set(requested, 0.0)
+            self._set(int(requested), 0.0)
             return
         first = read_sample()
         if first is not None:

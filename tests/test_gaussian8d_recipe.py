@@ -1,0 +1,34 @@
+"""Issue 13 goal 2 at a small budget: the built-in LSD recipe, trained from samples of an 8-D Gaussian,
+approaches the exact affine flow map (benchmarks/gaussian8d.py runs the 3000-step version)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import fmmkit
+from fmmkit.runs import load_run
+from fmmkit.spec.builtin import builtin_spec_path
+from fmmkit.spec.loader import apply_overrides, read_toml
+from fmmkit.verification.gaussian_fit import gaussian_fit
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
+
+DATA = {"kind": "gaussian", "dim": 8, "mean": [1.0, -1.0, 0.5, -0.5, 2.0, 0.0, -1.5, 0.25],
+        "std": [0.5, 1.0, 1.5, 0.3, 2.0, 0.8, 1.2, 0.6], "num_points": 20_000, "data_seed": 0}
+BUDGET = ["train.steps=600", "train.batch_size=256", "train.threads=1", "checkpoint.every=0",
+          "log.tensorboard=false", 'eval.metrics=["energy_distance"]']
+
+
+def test_builtin_lsd_recipe_learns_the_8d_gaussian_map(tmp_path: Path) -> None:
+    raw = read_toml(builtin_spec_path("checkerboard_lsd"))
+    raw["data"] = DATA
+    out = fmmkit.train(apply_overrides(raw, BUDGET), out=tmp_path / "run", progress=False, pictures=False)
+    run = load_run(out)
+    fit = gaussian_fit(run.model, run.data.exact_flow_map(run.interpolant), run.interpolant)
+    # measured here: 0.28 and 0.62 with the recipe's raw times; the former sinusoidal time features (frequencies
+    # up to 1000) gave 0.49 and 2.3 at this budget and fail both bounds
+    assert fit.map_error < 0.35, fit
+    assert fit.std_worst < 1.0, fit  # one-step std within [0, 2] x the truth
+    assert fit.mean_error < 0.3, fit
