@@ -146,6 +146,18 @@ def test_override_mistakes_are_attributed_to_the_override_not_the_file(tmp_path:
     assert line == "fmmkit: error: bad.toml: optim.lr: must be > 0, got -1.0", line
 
 
+@pytest.mark.parametrize("command", ["spec check", "train"])
+def test_build_time_refusals_of_a_set_value_are_attributed_to_the_set(command: str, tmp_path: Path) -> None:
+    """The memory checks run when the pipeline is built, after the spec loaded: still the --set's fault."""
+    (tmp_path / "ok.toml").write_text(GOOD)
+    cases = {"model.width=1000000000": "model: ", "train.batch_size=100000000000": "train.batch_size: "}
+    for override, where in cases.items():
+        out = ["--out", "run"] if command == "train" else []
+        line = run_cli(*command.split(), "ok.toml", "--set", override, *out, cwd=tmp_path).error_line()
+        assert line.startswith(f"fmmkit: error: --set {override}: {where}") and "need" in line, line
+    assert not (tmp_path / "run").exists(), "a refused train created its run directory"
+
+
 def test_a_spec_path_that_is_a_directory_says_so(tmp_path: Path) -> None:
     (tmp_path / "specs").mkdir()
     line = run_cli("spec", "check", "specs", cwd=tmp_path).error_line()

@@ -216,9 +216,15 @@ def cmd_spec(args: argparse.Namespace) -> int:
         from fmmkit.training.distributed import DistEnv
         from fmmkit.training.sharding import BatchPlan
 
-        pipeline = build_pipeline(spec)  # builds every component (and checks data and memory): build-time errors show here
-        build_metrics(spec, pipeline.registry)
-        BatchPlan.make(spec.train, DistEnv(), spec.source)
+        from fmmkit.spec import SpecError
+        from fmmkit.spec.loader import attribute_to_overrides
+
+        try:  # builds every component (and checks data and memory): build-time errors show here
+            pipeline = build_pipeline(spec)
+            build_metrics(spec, pipeline.registry)
+            BatchPlan.make(spec.train, DistEnv(), spec.source)
+        except SpecError as exc:
+            raise attribute_to_overrides(exc, spec.source, args.set) from None
         print(f"{args.spec}: ok")
     return 0
 

@@ -428,8 +428,9 @@ def _check_cross_references(spec: Spec, origin: str, registry: Registry, data_gi
                                "flow-map sampler (flow_map, consistency, stochastic_flow_map) or \"auto\"")
 
 
-def _attribute_to_overrides(exc: SpecError, origin: str, overrides: list[str] | tuple[str, ...]) -> SpecError:
-    """Problems at a key that a ``--set`` gave are reported against that --set, not the spec file."""
+def attribute_to_overrides(exc: SpecError, origin: str, overrides: list[str] | tuple[str, ...]) -> SpecError:
+    """Problems at a key that a ``--set`` gave (or at the table holding it: a memory check blames ``model``
+    for ``--set model.width=...``) are reported against that --set, not the spec file."""
     keys = []
     for text in overrides:
         key, _, _ = text.partition("=")
@@ -439,7 +440,8 @@ def _attribute_to_overrides(exc: SpecError, origin: str, overrides: list[str] | 
         prefix = f"{origin}: "
         where = problem[len(prefix):].split(": ", 1)[0] if problem.startswith(prefix) else None
         for key, text in reversed(keys):  # the last --set of a key is the one that counts
-            if where is not None and (where == key or where.startswith((f"{key}.", f"{key}["))):
+            if where is not None and (where == key or where.startswith((f"{key}.", f"{key}[")) or
+                                      key.startswith(f"{where}.")):
                 problem = f"--set {text}: {problem[len(prefix):]}"
                 break
         problems.append(problem)
@@ -521,7 +523,7 @@ def load_spec(source: str | Path | dict[str, Any] | Spec, overrides: list[str] |
     try:
         return structure_spec(apply_overrides(source, overrides), origin, registry, base)
     except SpecError as exc:
-        raise _attribute_to_overrides(exc, origin, overrides) from None
+        raise attribute_to_overrides(exc, origin, overrides) from None
 
 
 def _unstructure_component(component: ComponentSpec) -> dict[str, Any]:

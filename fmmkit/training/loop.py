@@ -40,6 +40,7 @@ from fmmkit.runs.lock import writer_lock
 from fmmkit.runs.plugins import plugins_used
 from fmmkit.runs.run import load_run, open_run
 from fmmkit.spec import Spec, SpecError, load_spec, spec_to_toml
+from fmmkit.spec.loader import attribute_to_overrides
 from fmmkit.spec.build import check_data
 from fmmkit.spec.schema import ComponentSpec
 from fmmkit.training import distributed as dist
@@ -369,9 +370,12 @@ def train(spec: str | Path | dict[str, Any] | Spec, *, out: str | Path | None = 
         else:
             check_run_dir(out_dir, overwrite)
         torch.manual_seed(resolved.train.seed)
-        pipeline = build_pipeline(resolved, registry, device)
-        check_data(resolved, pipeline.data, load=True)
-        BatchPlan.make(resolved.train, env, resolved.source)
+        try:
+            pipeline = build_pipeline(resolved, registry, device)
+            check_data(resolved, pipeline.data, load=True)
+            BatchPlan.make(resolved.train, env, resolved.source)
+        except SpecError as exc:  # a value a --set gave is the --set's problem, not the spec file's
+            raise attribute_to_overrides(exc, resolved.source, overrides) from None
         dist.barrier(env)  # every process has checked the directory before rank 0 writes into it
         with writer_lock(out_dir) if env.is_main else contextlib.nullcontext():
             changes = []
