@@ -80,6 +80,26 @@ def test_a_damaged_checkpoint_is_replaced_when_the_run_reaches_its_step_again(re
         assert_same_weights(out / name, reference / name)
 
 
+def test_a_checkpoint_the_resume_skipped_is_replaced_even_when_its_checksums_match(
+        reference: Path, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A step-12 checkpoint whose files check out (manifest sizes and checksums recomputed) but holds
+    another model's weights: the resume skips it, and reaching step 12 again replaces it."""
+    out = copy_run(reference, tmp_path / "run")
+    other = tmp_path_factory.mktemp("other") / "run"
+    train(tiny_spec(train={"steps": 12}, model={"width": 24}), out=other, progress=False, pictures=False)
+    forged = step_dir(out, 12)
+    shutil.copyfile(step_dir(other, 12) / "model.safetensors", forged / "model.safetensors")
+    manifest = json.loads((forged / ckpt.MANIFEST).read_text())
+    data = (forged / "model.safetensors").read_bytes()
+    manifest["files"]["model.safetensors"] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    (forged / ckpt.MANIFEST).write_text(json.dumps(manifest))
+    resume_run(out, progress=False, pictures=False)
+    assert (forged / "model.safetensors").read_bytes() == (step_dir(reference, 12) / "model.safetensors").read_bytes()
+    assert trainer_state(forged) == trainer_state(step_dir(reference, 12))
+    for name in WEIGHT_FILES:
+        assert_same_weights(out / name, reference / name)
+
+
 def test_keep_one_never_ends_with_only_a_damaged_checkpoint(reference: Path, tmp_path: Path) -> None:
     out = copy_run(reference, tmp_path / "run")
     damage(step_dir(out, 12))

@@ -112,11 +112,13 @@ def _fsync_dir(path: Path) -> None:
 
 def save_checkpoint(run_dir: Path, step: int, shared: dict[str, Any], per_rank: dict[str, Any], env: DistEnv,
                     keep: int, meta: dict[str, Any] | None = None, gather: bool = True,
-                    device: torch.device | None = None) -> Path:
+                    device: torch.device | None = None, replace: bool = False) -> Path:
     """Write one checkpoint; every process calls this. Rank 0 writes the ``shared`` parts, the
     manifest and the rename; the ``per_rank`` parts are gathered to rank 0 and written there
     (``gather``; small state such as RNG streams) or written by each process (weight shards).
-    Returns the checkpoint directory; CheckpointWriteError (one line) when the file system refuses."""
+    ``replace``: a checkpoint of this step already on disk is replaced even when its files check out (a
+    resumed run skipped it: it did not load or did not fit the run). Returns the checkpoint directory;
+    CheckpointWriteError (one line) when the file system refuses."""
     root = Path(run_dir) / CHECKPOINT_DIR
     final = root / f"step-{step:09d}"
     staging = root / f".step-{step:09d}.tmp"
@@ -142,7 +144,7 @@ def save_checkpoint(run_dir: Path, step: int, shared: dict[str, Any], per_rank: 
                         "time": time.time(), "files": files}
             _write(staging / MANIFEST, json.dumps(manifest, indent=1).encode())
             _fsync_dir(staging)
-            _install(staging, final)
+            _install(staging, final, replace)
             _fsync_dir(root)
             for _, old in list_checkpoints(run_dir)[:-keep]:
                 if old != final:  # the checkpoint just written is the newest readable one: never pruned
@@ -155,14 +157,16 @@ def save_checkpoint(run_dir: Path, step: int, shared: dict[str, Any], per_rank: 
     return final
 
 
-def _install(staging: Path, final: Path) -> None:
+def _install(staging: Path, final: Path, replace: bool = False) -> None:
     """Rename a complete staging folder into place. The same step saved twice (a signal on a checkpoint
-    step) keeps the first; a damaged checkpoint of that step (the run came back to it after resuming
-    from an earlier one) is replaced."""
-    if not final.exists():
+    step) keeps the first; a damaged checkpoint of that step, or one a resumed run skipped (``replace``:
+    the run came back to it after resuming from an earlier one), is replaced."""
+    if not final.exists() and not final.is_symlink():
         os.replace(staging, final)
         return
     problem = checkpoint_problem(final)
+    if problem is None and replace:
+        problem = f"{final}: skipped when the run resumed (it did not load or did not fit the run)"
     if problem is None:
         shutil.rmtree(staging)
         return

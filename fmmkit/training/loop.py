@@ -222,6 +222,7 @@ def train_pipeline(pipeline: Pipeline, out: Path, progress: bool = True, *, env:
         if env.is_main:
             remove_staging(out)
         load_latest(out, env, device, all_ranks=("rng",), use=lambda c: restore(state, c, env, plan, cfg.parallel))
+        state.resumed_from = state.step
         if state.step > cfg.steps:  # an older checkpoint than check_resumable saw can only be earlier
             raise SpecError([f"{spec.source}: train.steps = {cfg.steps} is below the checkpoint's step {state.step}"])
         apply_resumed_lr(state, spec)

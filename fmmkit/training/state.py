@@ -47,6 +47,11 @@ class TrainState:
     autocompile: Any = None
     #: that choice as a resumed checkpoint recorded it (AutoCompile.state_dict), {} for a new run
     compile_record: dict[str, Any] = field(default_factory=dict)
+    #: the step a resumed run started from (-1 for a new run): a checkpoint on disk of a later step was
+    #: skipped as damaged or unfitting when the run resumed, so writing that step replaces it
+    resumed_from: int = -1
+    #: the steps this process has written (a second save of one, on a signal, keeps the first)
+    written: set[int] = field(default_factory=set)
 
     def params(self) -> list[torch.nn.Parameter]:
         """Everything the optimiser updates: the model's parameters, then the loss's."""
@@ -145,8 +150,11 @@ def write_checkpoint(out: Path, state: TrainState, env: DistEnv, spec: Spec, pla
 
     meta = {"parallel": "fsdp" if sharded else "ddp", "micro_batches": plan.micro_batches,
             "fmmkit": __version__, "torch": torch.__version__, "spec": comparable(spec)}
-    return save_checkpoint(out, state.step, shared, per_rank, env, spec.checkpoint.keep, meta, gather=not sharded,
-                           device=state.streams[0].device)
+    replace = 0 <= state.resumed_from < state.step and state.step not in state.written
+    path = save_checkpoint(out, state.step, shared, per_rank, env, spec.checkpoint.keep, meta, gather=not sharded,
+                           device=state.streams[0].device, replace=replace)
+    state.written.add(state.step)
+    return path
 
 
 def weights_state(state: TrainState, label: str) -> dict[str, Tensor]:
