@@ -100,6 +100,18 @@ def test_a_checkpoint_the_resume_skipped_is_replaced_even_when_its_checksums_mat
         assert_same_weights(out / name, reference / name)
 
 
+def test_a_checkpoint_folder_replaced_by_a_file_is_skipped_with_a_warning(
+        reference: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = copy_run(reference, tmp_path / "run")
+    shutil.rmtree(step_dir(out, 12))
+    step_dir(out, 12).write_text("not a folder")
+    resume_run(out, progress=False, pictures=False)
+    err = capsys.readouterr().err
+    assert f"fmmkit: warning: {step_dir(out, 12)}: not a checkpoint folder; skipped" in err, err
+    for name in WEIGHT_FILES:
+        assert_same_weights(out / name, reference / name)
+
+
 def test_keep_one_never_ends_with_only_a_damaged_checkpoint(reference: Path, tmp_path: Path) -> None:
     out = copy_run(reference, tmp_path / "run")
     damage(step_dir(out, 12))

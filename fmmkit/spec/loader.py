@@ -428,22 +428,27 @@ def _check_cross_references(spec: Spec, origin: str, registry: Registry, data_gi
                                "flow-map sampler (flow_map, consistency, stochastic_flow_map) or \"auto\"")
 
 
+def override_for(key: str, overrides: list[str] | tuple[str, ...] | list[tuple[str, str]]) -> str | None:
+    """The last ``--set`` (KEY.PATH=VALUE) that gave ``key``, a key inside it, or a key of the table ``key``
+    names (a memory check blames ``model`` for ``--set model.width=...``); None when no --set did."""
+    for text in reversed(overrides):
+        set_key = ".".join(k.strip() for k in text.partition("=")[0].split("."))
+        if key == set_key or key.startswith((f"{set_key}.", f"{set_key}[")) or set_key.startswith(f"{key}."):
+            return text
+    return None
+
+
 def attribute_to_overrides(exc: SpecError, origin: str, overrides: list[str] | tuple[str, ...]) -> SpecError:
-    """Problems at a key that a ``--set`` gave (or at the table holding it: a memory check blames ``model``
-    for ``--set model.width=...``) are reported against that --set, not the spec file."""
-    keys = []
-    for text in overrides:
-        key, _, _ = text.partition("=")
-        keys.append((".".join(k.strip() for k in key.split(".")), text))
+    """Problems at a key that a ``--set`` gave (:func:`override_for`) are reported against that --set, not
+    the spec file."""
     problems = []
+    prefix = f"{origin}: "
     for problem in exc.problems:
-        prefix = f"{origin}: "
-        where = problem[len(prefix):].split(": ", 1)[0] if problem.startswith(prefix) else None
-        for key, text in reversed(keys):  # the last --set of a key is the one that counts
-            if where is not None and (where == key or where.startswith((f"{key}.", f"{key}[")) or
-                                      key.startswith(f"{where}.")):
+        if problem.startswith(prefix):
+            where = problem[len(prefix):].split(": ", 1)[0]
+            text = override_for(where, overrides)
+            if text is not None:
                 problem = f"--set {text}: {problem[len(prefix):]}"
-                break
         problems.append(problem)
     return SpecError(problems)
 

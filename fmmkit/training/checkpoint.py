@@ -301,6 +301,10 @@ def load_latest(run_dir: Path, env: DistEnv, device: torch.device, all_ranks: tu
     if not found:
         raise CheckpointError(f"{run_dir}: no checkpoint to resume from (nothing in {CHECKPOINT_DIR}/); "
                               f"start the run with 'fmmkit train SPEC --out {run_dir}'")
+    if env.is_main:  # a step entry that is no folder (replaced by a file or a link) is skipped, and said so
+        for entry in sorted((Path(run_dir) / CHECKPOINT_DIR).iterdir()):
+            if _STEP_DIR.match(entry.name) and (entry.is_symlink() or not entry.is_dir()):
+                warn(f"{entry}: not a checkpoint folder; skipped, trying the previous checkpoint")
     problems = []
     for _, path in reversed(found):
         problem, loaded = None, None

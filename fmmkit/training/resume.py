@@ -19,7 +19,7 @@ from typing import Any
 from fmmkit.registry import Registry
 from fmmkit.runs.layout import SPEC_FILE
 from fmmkit.spec import Spec, SpecError, load_spec
-from fmmkit.spec.loader import spec_to_dict
+from fmmkit.spec.loader import override_for, spec_to_dict
 from fmmkit.training.checkpoint import checkpoint_problem, list_checkpoints, read_manifest
 
 #: Keys a resumed run may change (a section name: any key in it); anything else must match the
@@ -73,14 +73,6 @@ def _newest_readable(out: Path) -> tuple[int, dict[str, Any]] | None:
     return None
 
 
-def _override_for(key: str, overrides: list[str] | tuple[str, ...]) -> str | None:
-    for text in reversed(overrides):
-        set_key = ".".join(k.strip() for k in text.partition("=")[0].split("."))
-        if key == set_key or key.startswith(f"{set_key}.") or set_key.startswith(f"{key}."):
-            return text
-    return None
-
-
 def check_resumable(out: Path, spec: Spec, registry: Registry, overrides: list[str] | tuple[str, ...] = ()) -> ResumePoint:
     """The run in ``out`` has checkpoints and ``spec`` is the spec they were trained with (up to
     RESUMABLE_CHANGES); SpecError naming the key (and the --set or the file that changed it) if not."""
@@ -99,13 +91,13 @@ def check_resumable(out: Path, spec: Spec, registry: Registry, overrides: list[s
     changed = _differences(fixed_then, fixed_now)
     if changed:
         key = changed[0][0]
-        override = _override_for(key, overrides)
+        override = override_for(key, overrides)
         where = f"--set {override}" if override else spec.source
         raise SpecError([f"{where}: {key} differs from {what}; a resumed run keeps its spec (only "
                          f"{', '.join(RESUMABLE_CHANGES)} may change)"])
     step = newest[0] if newest is not None else 0
     if spec.train.steps < step:
-        override = _override_for("train.steps", overrides)
+        override = override_for("train.steps", overrides)
         where = f"--set {override}" if override else f"{spec.source}: train.steps = {spec.train.steps}"
         raise SpecError([f"{where}: the run's newest checkpoint is at step {step}; give train.steps >= {step} "
                          "(a run cannot be shortened by resuming it)"])
