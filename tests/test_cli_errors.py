@@ -198,3 +198,18 @@ def test_unknown_names_in_fmmkit_block_plugins_are_warned(monkeypatch: pytest.Mo
                                            r"plugin; did you mean 'fmmkit-example'\?"):
         load_registry()
 
+
+
+def test_a_full_disk_without_a_file_name_names_the_folder_being_written(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import errno
+
+    from fmmkit.cli import commands
+
+    def full_disk(args: object) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")  # a stream write: no file name
+
+    monkeypatch.setattr(commands, "cmd_train", full_disk)
+    assert commands.main(["train", "spec.toml", "--out", str(tmp_path / "run")]) == 1
+    assert capsys.readouterr().err.strip() == (f"fmmkit: error: writing {tmp_path / 'run'}: No space left on device; "
+                                               "free some space")

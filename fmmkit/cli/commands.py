@@ -416,7 +416,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _quiet_stdout()
         return 141
     except OSError as exc:
-        print(f"fmmkit: error: {describe_os_error(exc)}", file=sys.stderr)
+        place = next((str(v) for v in (getattr(args, k, None) for k in ("out", "resume", "run_dir")) if v), None)
+        print(f"fmmkit: error: {describe_os_error(exc, place)}", file=sys.stderr)
         return 1
     except MemoryError:
         print("fmmkit: error: out of memory; ask for fewer points or a smaller model", file=sys.stderr)

@@ -37,7 +37,8 @@ def os_error_fix(exc: OSError) -> str:
     return "fix that and try again"
 
 
-def describe_os_error(exc: OSError) -> str:
-    """'PATH: Permission denied; check the permissions (or choose another place)'."""
-    where = exc.filename if exc.filename is not None else "fmmkit"
+def describe_os_error(exc: OSError, place: str | None = None) -> str:
+    """'PATH: Permission denied; check the permissions (or choose another place)'; ``place`` (the folder
+    the command writes) stands in when the error names no file (a full disk while writing a stream)."""
+    where = exc.filename if exc.filename is not None else (f"writing {place}" if place else "fmmkit")
     return f"{where}: {exc.strerror or exc}; {os_error_fix(exc)}"
