@@ -110,7 +110,7 @@ def test_eval_and_verify_show_their_results_when_the_json_cannot_be_written(run:
 
 
 def test_spec_check_catches_what_train_refuses_and_train_checks_before_creating_the_run(tmp_path: Path) -> None:
-    cases = {"train.micro_batches=5": "train.batch_size: 32 points do not split into 5 equal micro-batches",
+    cases = {"train.micro_batches=5": "--set train.micro_batches=5: train.micro_batches: 5 micro-batches do not split train.batch_size = 32 points equally",
              'ema.sample_with="ema-5"': "ema.sample_with: 'ema-5' is not one of this run's weights"}
     spec = spec_file(tmp_path / "tiny.toml")
     for override, problem in cases.items():

@@ -128,7 +128,7 @@ def test_batch_plan_splits_the_global_batch_over_processes() -> None:
         BatchPlan.make(TrainConfig(batch_size=60, micro_batches=3), DistEnv(0, 2), "s")
     with pytest.raises(SpecError, match="train.batch_size: 10 points do not split into 4"):
         BatchPlan.make(TrainConfig(batch_size=10), DistEnv(0, 4), "s")  # one micro-batch per process
-    with pytest.raises(SpecValueError, match="batch_size: 10 points do not split into 4"):
+    with pytest.raises(SpecValueError, match="4 micro-batches do not split train.batch_size = 10 points equally"):
         TrainConfig(batch_size=10, micro_batches=4)  # a split the spec itself names is checked with the spec
 
 

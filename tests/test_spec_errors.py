@@ -59,7 +59,7 @@ CASES = {
     "unknown_sample_with": (GOOD + '[ema]\ndecays = [0.9]\nsample_with = "ema-5"\n',
                             r"ema\.sample_with: 'ema-5' is not one of this run's weights"),
     "micro_batches_split": (GOOD + "[train]\nmicro_batches = 3\n",
-                            r"train\.batch_size: 1024 points do not split into 3 equal micro-batches"),
+                            r"train\.micro_batches: 3 micro-batches do not split train\.batch_size = 1024 points equally"),
     "image_root_missing": ('[data]\nkind = "image_folder"\nroot = "nowhere"\n[loss]\nkind = "flow_matching"\n'
                            '[model]\nkind = "unet"\n', r"data\.root: no directory 'nowhere'"),
     "npy_missing_file": (GOOD.replace('kind = "checkerboard"', 'kind = "npy"\npath = "nope.npy"'),

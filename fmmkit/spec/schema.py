@@ -120,8 +120,9 @@ class TrainConfig:
     def __attrs_post_init__(self) -> None:
         m = self.micro_batches
         if m and self.batch_size % m:  # the split over processes is checked when their number is known
-            raise SpecValueError("batch_size", f"{self.batch_size} points do not split into {m} equal "
-                                 f"micro-batches; use a multiple of {m}")
+            raise SpecValueError("micro_batches", f"{m} micro-batches do not split train.batch_size = "
+                                 f"{self.batch_size} points equally; use a divisor of {self.batch_size} (or a batch "
+                                 f"size that is a multiple of {m})")
 
     def max_skipped(self) -> int:
         """The most optimiser steps a run may skip (skip_limit of train.steps, rounded down)."""
