@@ -195,8 +195,10 @@ def test_unknown_names_in_fmmkit_block_plugins_are_warned(monkeypatch: pytest.Mo
 
     monkeypatch.setenv("FMMKIT_BLOCK_PLUGINS", "fmmkit-exampel")
     with pytest.warns(PluginWarning, match=r"FMMKIT_BLOCK_PLUGINS names 'fmmkit-exampel', which is not a "
-                                           r"plugin; did you mean 'fmmkit-example'\?"):
-        load_registry()
+                                           r"plugin; did you mean 'fmmkit-example'\?") as caught:
+        registry = load_registry()
+    assert sum("FMMKIT_BLOCK_PLUGINS" in str(w.message) for w in caught) == 1  # one line, not one per plugin
+    assert not registry.blocked  # a misspelt name blocks nothing
 
 
 
