@@ -3,7 +3,6 @@ what the network predicts under which process, and how it is called."""
 
 from __future__ import annotations
 
-
 import attrs
 
 from fmmkit.conversion import (
