@@ -70,6 +70,21 @@ def test_diagonal_fraction_sets_exactly_that_share_of_pairs_on_the_diagonal() ->
     assert int((s == t).sum()) == 750 and bool((s[:750] == t[:750]).all()) and bool((s[750:] < t[750:]).all())
 
 
+def test_anchor_fraction_starts_that_share_of_off_diagonal_pairs_at_t_min() -> None:
+    times = TimeSampling(t_min=0.1, diagonal_fraction=0.25, anchor_fraction=0.5)
+    s, t = times.sample_pairs(40_000, "cpu", torch.float64)
+    diagonal, off = slice(0, 10_000), slice(10_000, None)
+    assert bool((s[diagonal] == t[diagonal]).all())
+    anchored = s[off] == 0.1
+    assert int(anchored.sum()) == 15_000 and bool(anchored[:15_000].all())
+    # the anchored rows keep t's draw: the larger of two uniforms on [0.1, 1], mean 0.1 + 0.9 * 2/3
+    assert float(t[off][anchored].mean()) == pytest.approx(0.7, abs=0.01)
+    assert bool((s[off][~anchored] > 0.1).all()) and bool((s <= t).all())
+    # a loss's own split (off_diagonal=True) anchors the share of the rows it is given
+    s_off, _ = times.sample_pairs(1000, "cpu", off_diagonal=True)
+    assert int((s_off == 0.1).sum()) == 500
+
+
 def test_times_are_a_nested_spec_table_with_one_line_errors() -> None:
     raw = {"data": {"kind": "checkerboard"},
            "loss": {"kind": "meanflow", "times": {"distribution": "logit_normal", "logit_mean": -0.4}}}

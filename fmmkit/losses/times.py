@@ -16,6 +16,10 @@ A spec chooses them in the nested table ``[loss.times]``:
   self-distillation losses' eta, MeanFlow's "fraction of r = t"); those rows are the first
   round(fraction * n) of the batch (batch rows are exchangeable) and keep the pair's start
   time s: t is set to s, as MeanFlow's ``sample_tr`` keeps its t (the noisier time, our s).
+- ``anchor_fraction``: the share of the off-diagonal pairs whose start s is moved to t_min, where
+  sampling starts (one-step sampling is X_{t_min, t_max}); t keeps its draw (for ``independent``
+  forward pairs the larger of two uniforms, density 2t), so those rows train the jumps from noise that
+  one- and few-step sampling take; 0 keeps every pair as drawn. Those rows follow the diagonal ones.
 
 A loss whose defaults differ (the diagonal share of the self-distillation losses and MeanFlow,
 direct FMM's order) declares a subclass that overrides the field, so that a partial
@@ -70,6 +74,8 @@ class TimeSampling:
     grid_size: int = attrs.field(default=0, validator=non_negative)
     diagonal_fraction: float = attrs.field(default=0.0, validator=unit_interval)
     pairs: str = attrs.field(default="independent", validator=one_of(PAIR_KINDS))
+    #: share of the off-diagonal pairs that start at s = t_min (the jumps from noise that sampling takes)
+    anchor_fraction: float = attrs.field(default=0.0, validator=unit_interval)
 
     def __attrs_post_init__(self) -> None:
         if self.t_min > self.t_max:
@@ -110,6 +116,9 @@ class TimeSampling:
         n_diag = 0 if off_diagonal else diagonal_count(n, self.diagonal_fraction)
         if n_diag:
             t = torch.cat([s[:n_diag], t[n_diag:]])
+        n_anchor = diagonal_count(n - n_diag, self.anchor_fraction)
+        if n_anchor:
+            s = torch.cat([s[:n_diag], torch.full_like(s[n_diag:n_diag + n_anchor], self.t_min), s[n_diag + n_anchor:]])
         return s, t
 
 
