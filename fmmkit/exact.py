@@ -233,3 +233,75 @@ class GaussianMixtureFlowMap(ExactFlowMap):
 
 #: The former name, kept for existing callers.
 GaussianMixtureVelocity = GaussianMixtureFlowMap
+
+
+class BoxMixtureFlowMap(ExactFlowMap):
+    """Exact velocity of data uniform on a union of K disjoint axis-aligned boxes (the checkerboard).
+
+    With x = alpha x0 + beta x1 (gamma = 0) and x1 uniform on the union, the box k has posterior
+    weight w_k proportional to prod_d [Phi(z_hi) - Phi(z_lo)], z = (beta edge - x_d) / alpha (the prior
+    mass of a box is its volume, which cancels the density 1 / volume), and inside it x1_d is the normal
+    N(x_d / beta, (alpha / beta)^2) truncated to the box:
+    E[x1_d | x, k] = x_d / beta + (alpha / beta) (phi(z_lo) - phi(z_hi)) / (Phi(z_hi) - Phi(z_lo)).
+    Then b_t(x) = alpha'_t E[x0 | x] + beta'_t E[x1 | x], with E[x0 | x] = (x - beta E[x1 | x]) / alpha.
+    Times are kept in [t_eps, 1 - t_eps] (the formulas divide by beta and alpha); ``flow_map`` is
+    ``steps`` RK4 steps in float64. lows, highs: (K, D) box corners.
+    """
+
+    def __init__(self, lows: Tensor, highs: Tensor, steps: int = 1000, interpolant: Interpolant | None = None,
+                 t_eps: float = 1e-6) -> None:
+        super().__init__()
+        lows, highs = torch.as_tensor(lows, dtype=torch.float64), torch.as_tensor(highs, dtype=torch.float64)
+        if lows.ndim != 2 or lows.shape != highs.shape or not bool((highs > lows).all()):
+            raise ValueError(f"need lows and highs of one shape (K, D) with highs > lows, got {tuple(lows.shape)} "
+                             f"and {tuple(highs.shape)}")
+        self.interpolant = interpolant if interpolant is not None else _linear()
+        if self.interpolant.stochastic:
+            raise ValueError("BoxMixtureFlowMap needs a deterministic interpolant (gamma = 0)")
+        self.register_buffer("lows", lows.clone())
+        self.register_buffer("highs", highs.clone())
+        self.steps, self.t_eps = steps, t_eps
+
+    @classmethod
+    def checkerboard(cls, scale: float = 1.0, **kwargs: object) -> BoxMixtureFlowMap:
+        """The 8 black squares of ``checkerboard`` data (:class:`fmmkit.data.toy2d.Checkerboard`) of that scale."""
+        from fmmkit.data.toy2d import Checkerboard
+
+        corners = Checkerboard.CORNERS.double() * scale
+        return cls(corners, corners + scale, **kwargs)  # type: ignore[arg-type]
+
+    def velocity(self, x: Tensor, t: Tensor | float, y: Tensor | None = None) -> Tensor:
+        """b_t(x) (see the class docstring); x (B, D)."""
+        assert x.ndim == 2 and x.shape[1] == self.lows.shape[1], (
+            f"box mixture points have shape ({self.lows.shape[1]},), got x of shape {tuple(x.shape)}")
+        tb = as_batch_times(t, x).clamp(self.t_eps, 1 - self.t_eps)[:, None, None]  # (B, 1, 1)
+        ip = self.interpolant
+        alpha, beta, d_alpha, d_beta = ip.alpha(tb), ip.beta(tb), ip.d_alpha(tb), ip.d_beta(tb)
+        xk = x[:, None, :]  # (B, 1, D)
+        z_lo = (beta * self.lows.to(x)[None] - xk) / alpha  # (B, K, D)
+        z_hi = (beta * self.highs.to(x)[None] - xk) / alpha
+        # log(Phi(z_hi) - Phi(z_lo)) on the side of the smaller tail (mirror boxes right of x)
+        right = z_lo > 0
+        a, b = torch.where(right, -z_hi, z_lo), torch.where(right, -z_lo, z_hi)
+        log_b = torch.special.log_ndtr(b)
+        log_mass = log_b + torch.log1p(-torch.exp(torch.special.log_ndtr(a) - log_b))  # (B, K, D)
+        log_phi = lambda z: -0.5 * z**2 - 0.5 * math.log(2 * math.pi)  # noqa: E731
+        ratio = torch.exp(log_phi(z_lo) - log_mass) - torch.exp(log_phi(z_hi) - log_mass)
+        mean_in_box = xk / beta + (alpha / beta) * ratio  # E[x1_d | x, k] (B, K, D)
+        log_w = log_mass.sum(-1)  # (B, K)
+        w = (log_w - log_w.logsumexp(dim=1, keepdim=True)).exp()
+        mean_x1 = (w[:, :, None] * mean_in_box).sum(1)  # (B, D)
+        a0, b0, da0, db0 = (v[:, :, 0] for v in (alpha, beta, d_alpha, d_beta))
+        mean_x0 = (x - b0 * mean_x1) / a0
+        return da0 * mean_x0 + db0 * mean_x1
+
+    def flow_map(self, x: Tensor, s: Tensor | float, t: Tensor | float, y: Tensor | None = None) -> Tensor:
+        """X_{s,t}(x) by ``steps`` RK4 steps of dx/dt = b_t(x) in float64, returned in x's dtype."""
+        x64 = x.double()
+        out, _ = integrate_fixed(self.velocity, x64, as_batch_times(s, x64), as_batch_times(t, x64), self.steps,
+                                 RK4_TABLEAU)
+        return out.to(x.dtype)
+
+    def forward(self, x: Tensor, s: Tensor | float, t: Tensor | float, y: Tensor | None = None) -> Tensor:
+        """X_{s,t}(x): see :meth:`flow_map`."""
+        return self.flow_map(x, s, t, y)

@@ -157,3 +157,40 @@ def test_gaussian_teacher_from_registry() -> None:
         entry.build(entry.config(mean=[1.0, 2.0, 3.0], std=[1.0]), ctx)
     with pytest.raises(SpecValueError, match="std"):
         entry.config(mean=[0.0], std=[-1.0])
+
+
+def _orthogonality_z_scores(velocity, t: float, n: int = 200_000) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    """z-scores of E[(b_t(I_t) - dI_t/dt) f(I_t)] for test functions f: all ~N(0, 1) iff b is E[dI/dt | I_t]."""
+    from fmmkit.data.toy2d import Checkerboard, CheckerboardConfig
+
+    g = torch.Generator().manual_seed(3)
+    x1 = Checkerboard(CheckerboardConfig()).sample(n, g).x1.double()
+    x0 = torch.randn(n, 2, generator=g, dtype=F64)
+    xt = (1 - t) * x0 + t * x1
+    residual = velocity(xt, torch.full((n,), t, dtype=F64)) - (x1 - x0)  # (n, 2)
+    tests = torch.stack([torch.ones(n), xt[:, 0], xt[:, 1], torch.sin(3 * xt[:, 0]), torch.cos(3 * xt[:, 1]),
+                         (xt.floor().sum(1) % 2 == 0).double()], dim=1)  # (n, 6)
+    products = residual[:, :, None] * tests[:, None, :]  # (n, 2, 6)
+    return products.mean(0) / (products.std(0) / n**0.5)
+
+
+def test_box_mixture_velocity_is_the_conditional_mean_of_the_checkerboard_path() -> None:
+    from fmmkit.exact import BoxMixtureFlowMap
+
+    exact = BoxMixtureFlowMap.checkerboard()
+    for t in (0.3, 0.7, 0.9):
+        assert float(_orthogonality_z_scores(exact.velocity, t).abs().max()) < 4.5
+    # the test has power: the velocity of a nearby time fails it
+    shifted = lambda x, t: exact.velocity(x, t + 0.05)  # noqa: E731
+    assert float(_orthogonality_z_scores(shifted, 0.7).abs().max()) > 10
+
+
+def test_box_mixture_flow_map_pushes_noise_into_the_squares() -> None:
+    from fmmkit.data.toy2d import Checkerboard, CheckerboardConfig
+    from fmmkit.exact import BoxMixtureFlowMap
+
+    exact = BoxMixtureFlowMap.checkerboard(2.0, steps=50)
+    x1 = exact(randn(2000, 2), 0.0, 1.0)
+    assert float((Checkerboard(CheckerboardConfig(scale=2.0)).density(x1.float()) > 0).double().mean()) > 0.99
+    with pytest.raises(ValueError, match="highs > lows"):
+        BoxMixtureFlowMap(torch.zeros(2, 2), torch.zeros(2, 2))

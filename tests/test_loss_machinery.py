@@ -349,3 +349,31 @@ def test_every_flow_map_loss_has_an_example_spec_copied_to_examples() -> None:
         covered.add(spec.loss.kind)
     missing = builtin_flow_map_losses() - covered
     assert not missing, f"no example spec for {sorted(missing)}"
+
+
+def test_gap_warmup_shrinks_every_gap_by_the_step_share() -> None:
+    times = TimeSampling(gap_warmup_steps=100)
+    torch.manual_seed(0)
+    s_full, t_full = times.sample_pairs(1000, "cpu", torch.float64)
+    torch.manual_seed(0)
+    s, t = times.sample_pairs(1000, "cpu", torch.float64, step=25)
+    assert torch.equal(s, s_full) and torch.allclose(t - s, 0.25 * (t_full - s_full))
+    torch.manual_seed(0)
+    assert torch.equal(times.sample_pairs(1000, "cpu", torch.float64, step=100)[1], t_full)
+
+
+def test_a_loss_passes_its_step_to_the_pair_curriculum() -> None:
+    """At step 0 of a gap warm-up every off-diagonal pair has s = t, where the Lagrangian residual of any
+    map is 0; once the warm-up is over the same random map has a residual."""
+    from fmmkit.interpolants.linear import LinearInterpolant
+    from fmmkit.losses.lagrangian_self_distillation import LagrangianSelfDistillation, SelfDistillationConfig
+    from fmmkit.losses.times import DiagonalHeavyTimes
+    from fmmkit.nets.mlp import MLP, MLPConfig
+
+    torch.manual_seed(0)
+    model = FlowMap(MLP(MLPConfig(width=16, depth=2, zero_init_output=False), (2,)))
+    loss = LagrangianSelfDistillation(SelfDistillationConfig(times=DiagonalHeavyTimes(gap_warmup_steps=10)),
+                                      LinearInterpolant())
+    batch = Batch(torch.randn(64, 2))
+    assert float(loss(model, batch, step=0).metrics["lagrangian"]) == 0.0
+    assert float(loss(model, batch, step=10).metrics["lagrangian"]) > 1e-6

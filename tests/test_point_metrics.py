@@ -120,3 +120,17 @@ def test_histogram_kl_from_reference_histogram_without_density() -> None:
 def test_histogram_kl_rejects_other_dimensions() -> None:
     with pytest.raises(ValueError, match="2D points"):
         HistogramKL()(torch.zeros(10, 3), torch.zeros(10, 3), Checkerboard(CheckerboardConfig()))
+
+
+def test_energy_distance_reuses_the_reference_term_only_for_the_same_unchanged_reference() -> None:
+    from fmmkit.metrics.point_cloud import EnergyDistance
+
+    g = torch.Generator().manual_seed(0)
+    reference, a, b = (torch.randn(300, 2, generator=g) for _ in range(3))
+    cached = EnergyDistance()
+    first, second = cached(a, reference), cached(b, reference)
+    assert first == EnergyDistance()(a, reference) and second == EnergyDistance()(b, reference)
+    reference.mul_(2.0)  # changed in place: the cached term must not be reused
+    assert cached(a, reference) == EnergyDistance()(a, reference)
+    other = reference.clone()
+    assert cached(b, other) == EnergyDistance()(b, other)

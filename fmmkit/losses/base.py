@@ -173,6 +173,8 @@ class FlowMapLoss(Loss):
         self.guidance: GuidanceConfig = getattr(config, "guidance", GuidanceConfig())
         #: the frozen model copy the loss keeps as state, saved and restored with it (see ``held_prefix``)
         self.held: HeldCopy | None = HeldCopy(self.held_prefix) if self.held_prefix else None
+        #: the optimiser step of the current call (set by ``__call__``; None outside training)
+        self.step: int | None = None
 
     @classmethod
     def build(cls, config: Any, ctx: BuildContext) -> FlowMapLoss:
@@ -186,7 +188,7 @@ class FlowMapLoss(Loss):
 
     def sample_pairs(self, n: int, like: Tensor) -> tuple[Tensor, Tensor]:
         """n pairs (s, t) (see :meth:`TimeSampling.sample_pairs`)."""
-        return self.times.sample_pairs(n, like.device, time_dtype(like))
+        return self.times.sample_pairs(n, like.device, time_dtype(like), step=self.step)
 
     def draw(self, batch: Batch, t: Tensor) -> InterpolantSample:
         """I_t and dI_t/dt for the data batch at per-sample times t."""
@@ -292,6 +294,7 @@ class FlowMapLoss(Loss):
     def __call__(
         self, model: FlowMap, batch: Batch, *, teacher: VelocityField | None = None, step: int = 0
     ) -> LossOutput:
+        self.step = step  # the optimiser step of this call (``[loss.times] gap_warmup_steps`` reads it)
         batch = self.prepare_labels(batch)
         terms = [term for term in self.terms(model, batch, teacher, step) if term.values.numel()]
         assert terms, f"loss {type(self).__name__} produced no terms for a batch of {len(batch)}"
@@ -368,7 +371,7 @@ class SelfDistillationLoss(FlowMapLoss):
 
     def sample_off_diagonal_pairs(self, n: int, like: Tensor) -> tuple[Tensor, Tensor]:
         """n pairs (s, t) for the off-diagonal rows (the diagonal share is already split off)."""
-        return self.times.sample_pairs(n, like.device, time_dtype(like), off_diagonal=True)
+        return self.times.sample_pairs(n, like.device, time_dtype(like), off_diagonal=True, step=self.step)
 
     def terms(self, model: FlowMap, batch: Batch, teacher: VelocityField | None, step: int) -> list[Term]:
         diag, off = split_batch(batch, self.times.diagonal_fraction)

@@ -20,6 +20,9 @@ A spec chooses them in the nested table ``[loss.times]``:
   sampling starts (one-step sampling is X_{t_min, t_max}); t keeps its draw (for ``independent``
   forward pairs the larger of two uniforms, density 2t), so those rows train the jumps from noise that
   one- and few-step sampling take; 0 keeps every pair as drawn. Those rows follow the diagonal ones.
+- ``gap_warmup_steps``: a curriculum on the gap, short jumps first (2511.19065): at optimiser step k
+  every drawn gap t - s is multiplied by min(1, k / gap_warmup_steps), so the model's velocity is
+  learnt before the long jumps whose self-distillation targets it feeds; 0: no curriculum.
 
 A loss whose defaults differ (the diagonal share of the self-distillation losses and MeanFlow,
 direct FMM's order) declares a subclass that overrides the field, so that a partial
@@ -76,6 +79,8 @@ class TimeSampling:
     pairs: str = attrs.field(default="independent", validator=one_of(PAIR_KINDS))
     #: share of the off-diagonal pairs that start at s = t_min (the jumps from noise that sampling takes)
     anchor_fraction: float = attrs.field(default=0.0, validator=unit_interval)
+    #: optimiser steps over which the largest gap t - s grows from 0 to its full range (0: no curriculum)
+    gap_warmup_steps: int = attrs.field(default=0, validator=non_negative)
 
     def __attrs_post_init__(self) -> None:
         if self.t_min > self.t_max:
@@ -98,11 +103,13 @@ class TimeSampling:
         return self.t_min + (self.t_max - self.t_min) * self.unit(n, device, dtype)
 
     def sample_pairs(
-        self, n: int, device: torch.device | str, dtype: torch.dtype = torch.float32, *, off_diagonal: bool = False
+        self, n: int, device: torch.device | str, dtype: torch.dtype = torch.float32, *, off_diagonal: bool = False,
+        step: int | None = None,
     ) -> tuple[Tensor, Tensor]:
         """n pairs (s, t), each (n,): s <= t for ``forward``, any order for ``both``; the first
         round(diagonal_fraction * n) pairs have s = t (= the pair's s), unless ``off_diagonal`` (the rows of a batch
-        whose diagonal share a loss already split off)."""
+        whose diagonal share a loss already split off); ``step`` (the optimiser step) applies
+        ``gap_warmup_steps``."""
         if self.pairs == "gap":
             gap = (self.t_max - self.t_min) * self.unit(n, device, dtype)
             s = self.t_min + (self.t_max - self.t_min - gap) * torch.rand(n, device=device, dtype=dtype)
@@ -113,6 +120,8 @@ class TimeSampling:
         else:
             a, b = self.sample(n, device, dtype), self.sample(n, device, dtype)
             s, t = (torch.minimum(a, b), torch.maximum(a, b)) if self.order == "forward" else (a, b)
+        if self.gap_warmup_steps and step is not None and step < self.gap_warmup_steps:
+            t = s + (t - s) * (step / self.gap_warmup_steps)
         n_diag = 0 if off_diagonal else diagonal_count(n, self.diagonal_fraction)
         if n_diag:
             t = torch.cat([s[:n_diag], t[n_diag:]])
