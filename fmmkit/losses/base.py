@@ -22,7 +22,7 @@ import contextlib
 import math
 from abc import abstractmethod
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import attrs
@@ -35,6 +35,7 @@ from fmmkit.core.shapes import broadcast_time, mean_squares
 from fmmkit.core.validators import non_negative, one_of
 from fmmkit.core.derivatives import DERIVATIVE_METHODS, eulerian_velocity_derivative
 from fmmkit.losses.held import HeldCopy, prefixed, unprefixed
+from fmmkit.losses.stable_target import VELOCITY_TARGETS, stable_velocity
 from fmmkit.losses.guidance import (
     GuidanceConfig,
     condition,
@@ -63,6 +64,9 @@ class LossTables:
     weighting: WeightingConfig = attrs.field(factory=WeightingConfig)
     guidance: GuidanceConfig = attrs.field(factory=GuidanceConfig)
     target_dropout: bool = False
+    #: what the loss regresses the velocity on: "conditional" (dI_t/dt) or "stable" (the batch estimate of
+    #: E[dI_t/dt | I_t], :mod:`fmmkit.losses.stable_target`)
+    velocity_target: str = attrs.field(default="conditional", validator=one_of(VELOCITY_TARGETS))
 
 
 @attrs.define(frozen=True)
@@ -213,9 +217,12 @@ class FlowMapLoss(Loss):
         return guided_velocity(teacher, x, t, labels_of(y), effective_scale(y, t, self.guidance))
 
     def velocity_target(self, model: FlowMap, path: InterpolantSample, y: Tensor | None) -> Tensor:
-        """The regression target for v_{t,t}(I_t): dI_t/dt, guided when labels and a scale are given
+        """The regression target for v_{t,t}(I_t): dI_t/dt (or its batch estimate of E[dI_t/dt | I_t] with
+        ``velocity_target = "stable"``), guided when labels and a scale are given
         (the model's own velocities from target passes; see :func:`fmmkit.losses.guidance.guided_target`)."""
         scale = effective_scale(y, path.t, self.guidance)
+        if getattr(self.config, "velocity_target", "conditional") == "stable":
+            path = replace(path, dx_t=stable_velocity(self.interpolant, path, y, self.num_classes))
         if not is_guided(y, scale):
             return path.dx_t
         kappa = self.guidance.kappa
