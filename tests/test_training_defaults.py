@@ -4,6 +4,7 @@ and exact resumes (fmmkit.training.threads, fmmkit.training.autocompile)."""
 from __future__ import annotations
 
 import functools
+import time
 from pathlib import Path
 
 import attrs
@@ -92,11 +93,33 @@ def test_the_choice_survives_a_checkpoint() -> None:
         assert failing(0) == "eager" and failing.mode == "eager"
 
 
+def test_the_expected_compile_time_grows_with_the_parameter_tensors_of_the_step() -> None:
+    """A run long enough to pay for compiling a small MLP step stays eager for a step with many layers (the digits
+    UNet's 128 tensors: a 336 s compile measured), and the spec's whole pipeline is counted."""
+    from fmmkit.registry import get_registry
+    from fmmkit.spec import load_spec
+    from fmmkit.spec.builtin import builtin_spec_path
+    from fmmkit.training.build import build_pipeline
+
+    def decided(tensors: int) -> AutoCompile:
+        step = AutoCompile(lambda i: time.sleep(0.002), lambda f: f, total_steps=200_000, probe=2, warmup=0,
+                           parameter_tensors=tensors)
+        for i in range(3):
+            step(i)
+        return step
+
+    assert decided(10).mode == "trying" and decided(100_000).mode == "eager"
+    assert autocompile.expected_compile_seconds("cpu", 10) == autocompile.EXPECTED_COMPILE_SECONDS["cpu"]
+    pipeline = build_pipeline(load_spec(builtin_spec_path("digits_improved_meanflow")), get_registry())
+    assert compile_module.step_parameter_tensors(pipeline.model, pipeline.loss, None) == len(list(pipeline.model.parameters()))
+
+
 def test_a_resumed_run_continues_the_compiled_choice_exactly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The policy forced to compile at step 4 and keep it (aot_eager: compiled steps differ from eager ones in
     float rounding, so a resume that went back to eager would not match bit for bit)."""
     replace_loss(monkeypatch, PlainSelfDistillation)
     monkeypatch.setitem(autocompile.EXPECTED_COMPILE_SECONDS, "cpu", 0.0)
+    monkeypatch.setitem(autocompile.EXPECTED_COMPILE_SECONDS_PER_TENSOR, "cpu", 0.0)
     monkeypatch.setattr(compile_module, "AutoCompile", functools.partial(AutoCompile, probe=2, warmup=1,
                                                                          margin=-1e9))
     spec = tiny_spec(optim=CONSTANT, compile={"backend": "aot_eager"}, train={"threads": 1},

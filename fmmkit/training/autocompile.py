@@ -35,8 +35,18 @@ from typing import Any
 #: expected fraction of step time saved by compiling, by (device type, loss takes a JVP)
 EXPECTED_GAIN: dict[tuple[str, bool], float] = {("cpu", True): 0.25, ("cpu", False): 0.03,
                                                ("cuda", True): 0.3, ("cuda", False): 0.15}
-#: expected seconds to compile a step, by device type (inductor, cold cache)
+#: expected seconds to compile a step, by device type (inductor, cold cache): at least this much, and
+#: EXPECTED_COMPILE_SECONDS_PER_TENSOR for every parameter tensor in the step (each layer adds its ops to the
+#: graph; measured on this CPU: a 10-tensor MLP step 10-60 s, the digits UNet's iMF step (128 tensors) 336 s,
+#: FreeFlow's (student, teacher and fake velocity: 384 tensors) 646 s, both under load)
 EXPECTED_COMPILE_SECONDS: dict[str, float] = {"cpu": 60.0, "cuda": 120.0}
+EXPECTED_COMPILE_SECONDS_PER_TENSOR: dict[str, float] = {"cpu": 2.5, "cuda": 3.0}
+
+
+def expected_compile_seconds(device_type: str, parameter_tensors: int = 0) -> float:
+    """max(floor, per-tensor cost x the step's parameter tensors) for ``device_type``."""
+    return max(EXPECTED_COMPILE_SECONDS.get(device_type, 120.0),
+               EXPECTED_COMPILE_SECONDS_PER_TENSOR.get(device_type, 3.0) * parameter_tensors)
 
 Step = Callable[..., Any]
 
@@ -51,6 +61,8 @@ class AutoCompile:
         total_steps: the run's optimiser steps (what is left decides whether compiling can pay).
         calls_per_step: calls of the step per optimiser step (micro-batches).
         device_type, takes_jvp: select the expected gain and compile time.
+        parameter_tensors: parameter tensors in the step's graph (model, teacher, loss), which scale the
+            expected compile time (:func:`expected_compile_seconds`).
         probe: timed intervals in each phase; warmup: untimed eager calls first; margin: the compiled
             step must be this much faster to be kept.
         on_event: ``fn(kind, **fields)`` for the decisions.
@@ -63,11 +75,11 @@ class AutoCompile:
 
     def __init__(self, eager: Step, compile_fn: Callable[[Step], Step], *, total_steps: int, calls_per_step: int = 1,
                  device_type: str = "cpu", takes_jvp: bool = True, probe: int = 8, warmup: int = 2,
-                 margin: float = 0.03, on_event: Callable[..., None] | None = None) -> None:
+                 margin: float = 0.03, on_event: Callable[..., None] | None = None, parameter_tensors: int = 0) -> None:
         self.eager, self.compile_fn = eager, compile_fn
         self.total_calls = total_steps * calls_per_step
         self.gain = EXPECTED_GAIN.get((device_type, takes_jvp), 0.1)
-        self.compile_seconds = EXPECTED_COMPILE_SECONDS.get(device_type, 120.0)
+        self.compile_seconds = expected_compile_seconds(device_type, parameter_tensors)
         self.probe, self.warmup, self.margin = probe, warmup, margin
         self.on_event = on_event or (lambda kind, **fields: None)
         #: "probing" (eager, timed) -> "trying" (compiled, timed) -> "compiled" | "eager" (final)

@@ -39,6 +39,24 @@ def compiled_step(compute: Compute, spec: Spec) -> Compute:
     return run
 
 
+def step_parameter_tensors(model: torch.nn.Module, loss: Any, teacher: Any) -> int:
+    """Parameter tensors of what a step runs: the model, the loss's own parameters and held copy, the teacher
+    (a module, or the modules among its attributes)."""
+
+    def count(module: Any) -> int:
+        return sum(1 for _ in module.parameters()) if isinstance(module, torch.nn.Module) else 0
+
+    total = count(model)
+    if callable(getattr(loss, "parameters", None)):
+        total += sum(1 for _ in loss.parameters())
+    total += count(getattr(getattr(loss, "held", None), "model", None))
+    if isinstance(teacher, torch.nn.Module):
+        total += count(teacher)
+    elif teacher is not None:
+        total += sum(count(value) for value in vars(teacher).values()) if hasattr(teacher, "__dict__") else 0
+    return total
+
+
 def make_compute(model: FlowMap, loss: Loss, teacher: Any, spec: Spec, *, steps_left: int | None = None,
                  calls_per_step: int = 1, device_type: str = "cpu",
                  on_event: Callable[..., None] | None = None) -> Any:
@@ -58,4 +76,5 @@ def make_compute(model: FlowMap, loss: Loss, teacher: Any, spec: Spec, *, steps_
     return AutoCompile(compute, lambda eager: compiled_step(eager, spec),
                        total_steps=spec.train.steps if steps_left is None else steps_left,
                        calls_per_step=calls_per_step, device_type=device_type,
-                       takes_jvp=bool(getattr(loss, "needs_forward_ad", False)), on_event=on_event)
+                       takes_jvp=bool(getattr(loss, "needs_forward_ad", False)), on_event=on_event,
+                       parameter_tensors=step_parameter_tensors(model, loss, teacher))
