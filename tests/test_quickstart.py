@@ -21,7 +21,8 @@ def test_quickstart_spec_is_the_builtin_lsd_without_teacher_and_one_ode_row() ->
     spec = load_spec(builtin_spec_path(FLOW_MAP_SPEC), list(QUICKSTART_OVERRIDES))
     assert spec.loss.kind == "lagrangian_self_distillation" and spec.teacher is None
     assert spec.model.config.time_embedding == "identity"
-    assert [s.kind for s in spec.eval.ode] == ["midpoint"] and spec.train.threads == 1
+    assert [s.kind for s in spec.eval.ode] == ["midpoint"] and spec.train.threads == "auto"
+    assert spec.loss.config.velocity_target == "stable"
 
 
 def test_quickstart_prints_in_squares_and_repeats_to_the_digit(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
