@@ -301,7 +301,8 @@ class FlowMapLoss(Loss):
     def __call__(
         self, model: FlowMap, batch: Batch, *, teacher: VelocityField | None = None, step: int = 0
     ) -> LossOutput:
-        self.step = step  # the optimiser step of this call (``[loss.times] gap_warmup_steps`` reads it)
+        if self.times.gap_warmup_steps:  # only then: a stored int is one more torch.compile specialisation
+            self.step = step  # the optimiser step of this call, for the gap curriculum
         batch = self.prepare_labels(batch)
         terms = [term for term in self.terms(model, batch, teacher, step) if term.values.numel()]
         assert terms, f"loss {type(self).__name__} produced no terms for a batch of {len(batch)}"
