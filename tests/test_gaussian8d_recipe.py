@@ -27,8 +27,9 @@ def test_builtin_lsd_recipe_learns_the_8d_gaussian_map(tmp_path: Path) -> None:
     out = fmmkit.train(apply_overrides(raw, BUDGET), out=tmp_path / "run", progress=False, pictures=False)
     run = load_run(out)
     fit = gaussian_fit(run.model, run.data.exact_flow_map(run.interpolant), run.interpolant)
-    # measured here: 0.28 and 0.62 with the recipe's raw times; the former sinusoidal time features (frequencies
-    # up to 1000) gave 0.49 and 2.3 at this budget and fail both bounds
-    assert fit.map_error < 0.35, fit
-    assert fit.std_worst < 1.0, fit  # one-step std within [0, 2] x the truth
-    assert fit.mean_error < 0.3, fit
+    # measured here: map error 0.13, worst std error 0.13, mean error 0.05 with the recipe (raw times, stable velocity
+    # target, lr 3e-3); 0.28 / 0.62 / 0.08 with the conditional target and lr 1e-3, 0.49 / 2.3 with the former
+    # sinusoidal time features: both fail the first two bounds
+    assert fit.map_error < 0.2, fit
+    assert fit.std_worst < 0.3, fit  # one-step std within [0.7, 1.3] x the truth
+    assert fit.mean_error < 0.15, fit
