@@ -360,6 +360,9 @@ def test_gap_warmup_shrinks_every_gap_by_the_step_share() -> None:
     assert torch.equal(s, s_full) and torch.allclose(t - s, 0.25 * (t_full - s_full))
     torch.manual_seed(0)
     assert torch.equal(times.sample_pairs(1000, "cpu", torch.float64, step=100)[1], t_full)
+    anchored = TimeSampling(gap_warmup_steps=100, anchor_fraction=1.0)
+    s_a, t_a = anchored.sample_pairs(1000, "cpu", torch.float64, step=10)
+    assert bool((s_a == 0).all()) and float(t_a.max()) <= 0.1  # the curriculum holds anchored jumps back too
 
 
 def test_a_loss_passes_its_step_to_the_pair_curriculum() -> None:

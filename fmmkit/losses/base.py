@@ -177,7 +177,7 @@ class FlowMapLoss(Loss):
         self.guidance: GuidanceConfig = getattr(config, "guidance", GuidanceConfig())
         #: the frozen model copy the loss keeps as state, saved and restored with it (see ``held_prefix``)
         self.held: HeldCopy | None = HeldCopy(self.held_prefix) if self.held_prefix else None
-        #: the optimiser step of the current call (set by ``__call__``; None outside training)
+        #: the optimiser step of the current call, set by ``__call__`` only for ``[loss.times] gap_warmup_steps``
         self.step: int | None = None
 
     @classmethod

@@ -120,14 +120,14 @@ class TimeSampling:
         else:
             a, b = self.sample(n, device, dtype), self.sample(n, device, dtype)
             s, t = (torch.minimum(a, b), torch.maximum(a, b)) if self.order == "forward" else (a, b)
-        if self.gap_warmup_steps and step is not None and step < self.gap_warmup_steps:
-            t = s + (t - s) * (step / self.gap_warmup_steps)
         n_diag = 0 if off_diagonal else diagonal_count(n, self.diagonal_fraction)
-        if n_diag:
-            t = torch.cat([s[:n_diag], t[n_diag:]])
         n_anchor = diagonal_count(n - n_diag, self.anchor_fraction)
         if n_anchor:
             s = torch.cat([s[:n_diag], torch.full_like(s[n_diag:n_diag + n_anchor], self.t_min), s[n_diag + n_anchor:]])
+        if self.gap_warmup_steps and step is not None and step < self.gap_warmup_steps:
+            t = s + (t - s) * (step / self.gap_warmup_steps)  # after anchoring: anchored jumps are held back too
+        if n_diag:
+            t = torch.cat([s[:n_diag], t[n_diag:]])
         return s, t
 
 
