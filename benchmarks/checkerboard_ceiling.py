@@ -21,17 +21,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
 import torch
 
-
-def score(x: torch.Tensor, reference: torch.Tensor, data) -> dict[str, float]:  # type: ignore[no-untyped-def]
-    from fmmkit.metrics.in_support import InSupport
-    from fmmkit.metrics.point_cloud import EnergyDistance
-
-    return {"in_sq": InSupport()(x, reference, data), "ed": EnergyDistance()(x, reference)}
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from quickstart_screen import score  # noqa: E402
 
 
 def main() -> None:

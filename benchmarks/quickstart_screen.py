@@ -32,11 +32,17 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
     return label.strip(), [p.strip() for p in rest.split(";") if p.strip()]
 
 
+def score(x: torch.Tensor, reference: torch.Tensor, data: Any) -> dict[str, float]:
+    """The screen's two scores of samples x: the share inside the squares and the energy distance."""
+    from fmmkit.metrics.in_support import InSupport
+    from fmmkit.metrics.point_cloud import EnergyDistance
+
+    return {"in_sq": InSupport()(x, reference, data), "ed": EnergyDistance()(x, reference)}
+
+
 def train_and_score(label: str, overrides: list[str], out: Path) -> dict[str, Any]:
     """Train one variant (unless finished) and score it; returns the JSON row."""
     from fmmkit.cli.quickstart import FLOW_MAP_SPEC, QUICKSTART_OVERRIDES
-    from fmmkit.metrics.in_support import InSupport
-    from fmmkit.metrics.point_cloud import EnergyDistance
     from fmmkit.runs.run import load_run
     from fmmkit.spec.builtin import builtin_spec_path
     from fmmkit.training.loop import train
@@ -51,13 +57,12 @@ def train_and_score(label: str, overrides: list[str], out: Path) -> dict[str, An
     run = load_run(run_dir)
     n, seed = run.spec.eval.num_samples, run.spec.eval.seed
     reference = run.data.sample(n, torch.Generator().manual_seed(seed)).x1
-    in_support, energy_distance = InSupport(), EnergyDistance()
     row: dict[str, Any] = {"label": label, "overrides": overrides,
                            "seconds": json.loads((run_dir / "run.json").read_text())["seconds"]}
     for name, kwargs in (("1 step", {"steps": 1}), ("2 steps", {"steps": 2}),
                          ("ODE midpoint(16)", {"steps": 16, "solver": "midpoint"})):
         x = run.sample(n, seed=seed + 1, **kwargs)
-        row[name] = {"in_sq": in_support(x, reference, run.data), "ed": energy_distance(x, reference)}
+        row[name] = score(x, reference, run.data)
     cached.write_text(json.dumps(row, indent=1))
     return row
 
