@@ -1,9 +1,10 @@
 """One class-conditional 2D flow map sampled at several guidance scales (variable guidance, issue 11).
 
-Trains ``examples/checkerboard_guided_imf.toml`` (iMF; labels = the 8 squares of the checkerboard; the
-guidance scale w drawn per sample from [1, 4] and given to the model, with a random guidance interval)
-once, then samples the *same* model at w = 1, 1.5, 2, 3, 4 (interval [0, 1]) in 1 and 4 steps and
-scores, per scale, with samples drawn for uniformly random labels:
+Trains each of the class-conditional specs ``examples/checkerboard_guided_lsd.toml`` (LSD) and
+``examples/checkerboard_guided_imf.toml`` (iMF) (labels = the 8 squares of the checkerboard; the guidance
+scale w drawn per sample from [1, 4] and given to the model) once, then samples the *same* model at
+w = 1, 1.5, 2, 3, 4 (interval [0, 1]) in 1 and 4 steps and scores, per scale, with samples drawn for
+uniformly random labels:
 
 - inside: the share of samples that land inside their own label's square (guidance sharpens the
   conditional, so this rises with w);
@@ -14,15 +15,17 @@ scores, per scale, with samples drawn for uniformly random labels:
 
 Writes the section "Variable guidance: one model, several guidance scales" of RESULTS.md.
 
-    nice -n 10 .venv/bin/python benchmarks/guidance.py [--steps 4000] [--threads 1]
+    nice -n 10 .venv/bin/python benchmarks/guidance.py [--steps 4000] [--threads 1] [--jobs 2] [--spec PATH ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
@@ -38,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_file import write_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+SPECS = (ROOT / "examples/checkerboard_guided_lsd.toml", ROOT / "examples/checkerboard_guided_imf.toml")
 TITLE = "Variable guidance: one model, several guidance scales"
 SCALES = (1.0, 1.5, 2.0, 3.0, 4.0)
 STEPS = (1, 4)
@@ -72,54 +76,74 @@ def scores(run, x: torch.Tensor, labels: torch.Tensor, ed_samples: int) -> dict[
     return {"inside": float(inside), "spread": float(spread), "energy_distance": sum(per_class) / 8}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--run", type=Path, help="a trained checkerboard_guided_imf run (skip training)")
-    parser.add_argument("--out", type=Path, default=Path("runs/bench_guidance"))
-    parser.add_argument("--steps", type=int, default=4000, help="train.steps of the run")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--samples", type=int, default=40_000)
-    parser.add_argument("--ed-samples", type=int, default=2000, help="points per class for the energy distance")
-    args = parser.parse_args()
+def train_run(spec: Path, out: Path, overrides: list[str]) -> tuple[Path, float]:
+    """Train ``spec`` into ``out`` (reused when it already holds a finished run); (run dir, training seconds)."""
+    if (out / "model.safetensors").exists():
+        return out, 0.0
+    wall = time.perf_counter()
+    fmmkit.train(str(spec), out=out, overrides=overrides, progress=False, pictures=False)
+    return out, time.perf_counter() - wall
+
+
+def sweep(run_dir: Path, args: argparse.Namespace) -> list[str]:
+    """The table rows of one trained run: every (steps, w) and the data's own row."""
     torch.set_num_threads(args.threads)
-    load_start, wall = os.getloadavg()[0], time.perf_counter()
-    spec = ROOT / "examples/checkerboard_guided_imf.toml"
-    overrides = [f"train.steps={args.steps}", f"train.threads={args.threads}", "train.device=\"cpu\""]
-    if args.run is None:
-        run_dir = fmmkit.train(str(spec), out=args.out, overrides=overrides, progress=False, pictures=False)
-    else:
-        run_dir = args.run
     run = load_run(run_dir)
-    train_s = time.perf_counter() - wall
     rows = []
     for steps in STEPS:
         for w in SCALES:
             x, labels = sample(run, args.samples, steps, w)
-            rows.append((steps, w, scores(run, x, labels, args.ed_samples)))
+            s = scores(run, x, labels, args.ed_samples)
+            rows.append(f"| {steps} | {w:g} | {s['inside']:.3f} | {s['spread']:.3f} | {s['energy_distance']:.4f} |")
     data = run.data.sample(args.samples, torch.Generator().manual_seed(5))
     floor = scores(run, data.x1, data.y, args.ed_samples)
+    rows.append(f"| data | - | {floor['inside']:.3f} | {floor['spread']:.3f} | {floor['energy_distance']:.4f} |")
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--spec", type=Path, action="append",
+                        help="a class-conditional checkerboard spec trained with [loss.guidance] scale = [lo, hi] "
+                             "(repeatable; default: the guided LSD and iMF examples)")
+    parser.add_argument("--out", type=Path, default=Path("runs/bench_guidance"),
+                        help="the runs' folder: one run per spec, named after the spec (finished runs are reused)")
+    parser.add_argument("--steps", type=int, default=4000, help="train.steps of the runs")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--jobs", type=int, default=1, help="runs trained at once (one process each)")
+    parser.add_argument("--samples", type=int, default=40_000)
+    parser.add_argument("--ed-samples", type=int, default=2000, help="points per class for the energy distance")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a spec override for every trained run (repeatable), e.g. train.seed=1")
+    parser.add_argument("--no-write", action="store_true", help="print the tables without writing RESULTS.md")
+    args = parser.parse_args()
+    specs = args.spec or list(SPECS)
+    load_start, wall = os.getloadavg()[0], time.perf_counter()
+    overrides = [f"train.steps={args.steps}", f"train.threads={args.threads}", "train.device=\"cpu\"", *args.set]
+    outs = [args.out / spec.stem for spec in specs]
+    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        trained = list(pool.map(train_run, specs, outs, [overrides] * len(specs)))
     lines = [
-        f"Machine: 2-core CPU, no GPU, torch {torch.__version__}, {args.threads} torch thread(s), shared with other "
-        f"jobs (1-minute load average {load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end). "
-        f"Reproduce: `nice -n 5 .venv/bin/python benchmarks/guidance.py --steps {args.steps} --threads {args.threads}` "
-        f"(training {train_s:.0f} s{'' if args.run is None else ', reused run'}; "
-        f"{(time.perf_counter() - wall) / 60:.1f} min in total).",
+        f"Machine: 2-core CPU, no GPU, torch {torch.__version__}, {args.threads} torch thread(s) per run, {args.jobs} "
+        f"run(s) at once (1-minute load average {load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end). "
+        f"Reproduce: `nice -n 5 .venv/bin/python benchmarks/guidance.py --steps {args.steps} --threads {args.threads} "
+        f"--jobs {args.jobs}` ({(time.perf_counter() - wall) / 60:.1f} min in total).",
         "",
-        "One model: `examples/checkerboard_guided_imf.toml` (iMF, MLP 256 x 4, labels = the 8 squares, "
-        f"{args.steps} steps, batch 1024), trained once with the guidance scale w drawn per sample from "
-        "[1, 4] (and a random guidance interval) as an input of the network; sampled here at each w with the "
-        f"interval [0, 1], {args.samples:,} samples of uniformly random labels per row. inside: share of samples "
-        "in their own label's square; spread: RMS distance to the square's centre; energy distance: to data of "
-        f"the same label, mean over the 8 labels ({args.ed_samples:,} points per label).",
-        "",
-        "| steps | guidance w | inside own square | spread | class-conditional energy distance |",
-        "|---|---|---|---|---|",
-        *(f"| {k} | {w:g} | {s['inside']:.3f} | {s['spread']:.3f} | {s['energy_distance']:.4f} |" for k, w, s in rows),
-        f"| data | - | {floor['inside']:.3f} | {floor['spread']:.3f} | {floor['energy_distance']:.4f} |",
+        f"Each model is trained once ({args.steps} steps of batch 1024, MLP 256 x 4, labels = the 8 squares) with the "
+        "guidance scale w drawn per sample from [1, 4] as an input of the network, and sampled here at each w with "
+        f"the interval [0, 1], {args.samples:,} samples of uniformly random labels per row. inside: share of "
+        "samples in their own label's square; spread: RMS distance to the square's centre; energy distance: to "
+        f"data of the same label, mean over the 8 labels ({args.ed_samples:,} points per label).",
     ]
+    for spec, (run_dir, seconds) in zip(specs, trained):
+        took = f"trained in {seconds:.0f} s" if seconds else "reused run"
+        lines += ["", f"`examples/{spec.name}` ({took}):", "",
+                  "| steps | guidance w | inside own square | spread | class-conditional energy distance |",
+                  "|---|---|---|---|---|", *sweep(run_dir, args)]
     body = "\n".join(lines)
     print(body)
-    write_section(TITLE, body)
+    if not args.no_write:
+        write_section(TITLE, body)
 
 
 if __name__ == "__main__":

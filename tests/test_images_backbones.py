@@ -163,3 +163,17 @@ def test_config_validation_names_the_key() -> None:
         UNetConfig(channels=12, groups=8)
     with pytest.raises(SpecValueError, match="num_heads"):
         DiTConfig(hidden_size=20, num_heads=3)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_max_frequency_reaches_the_condition_embedding(kind: str) -> None:
+    """``max_frequency`` bounds the time derivative of the image backbones' time features (both times, and the
+    second-time embedding a student from a one-time teacher adds), so a detached-derivative target stays small."""
+    t = torch.rand(16, dtype=torch.float64)
+    for max_frequency in (10.0, 1000.0):
+        model = make(kind, (1, 8, 8), max_frequency=max_frequency)
+        model.enable_second_time()
+        cond = model.cond.double()
+        for embed in (lambda u: cond.time(u, u), lambda u: cond.second.embed(u)):
+            _, d_features = torch.func.jvp(embed, (t,), (torch.ones_like(t),))
+            assert 0.5 * max_frequency < d_features.abs().max() <= max_frequency + 1e-9

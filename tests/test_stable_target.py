@@ -42,6 +42,42 @@ def test_stable_target_estimates_the_exact_velocity_with_far_less_variance(inter
     assert errors[1] < 0.4 * errors[0]  # consistent: the error falls with the batch
 
 
+def test_a_larger_reference_that_holds_the_rows_lowers_the_error() -> None:
+    """Rows of a 256-point part estimated over a 4096-point batch that holds them: the error is that of the
+    bigger batch, and the rows' own reference is the default."""
+    ip = LinearInterpolant()
+    exact = GaussianFlowMap(ip, MEAN, STD)
+    path = gaussian_path(ip, 4096)
+    rows = ip.draw(path.x1[:256], path.t[:256])
+    b = exact.velocity(rows.x_t, rows.t)
+    own = float((stable_velocity(ip, rows) - b).pow(2).mean())
+    batch = float((stable_velocity(ip, rows, reference=path.x1) - b).pow(2).mean())
+    assert batch < 0.5 * own
+    assert torch.equal(stable_velocity(ip, rows, reference=rows.x1), stable_velocity(ip, rows))
+
+
+def test_self_distillation_takes_the_whole_batch_as_the_reference() -> None:
+    """LSD's diagonal rows (half the batch) regress on the estimate over all the batch's data points."""
+    from fmmkit.losses.lagrangian_self_distillation import LagrangianSelfDistillation, SelfDistillationConfig
+
+    ip = LinearInterpolant()
+    loss = LagrangianSelfDistillation(SelfDistillationConfig(velocity_target="stable"), ip)
+    batch = Batch(MEAN + STD * torch.randn(512, 2, generator=torch.Generator().manual_seed(3), dtype=F64))
+    seen = []
+    original = loss.velocity_target
+
+    def spy(model, path, y, reference=None):  # type: ignore[no-untyped-def]
+        seen.append(reference)
+        return original(model, path, y, reference)
+
+    loss.velocity_target = spy  # type: ignore[method-assign]
+    from fmmkit.core import FlowMap
+    from fmmkit.nets.mlp import MLP, MLPConfig
+
+    loss(FlowMap(MLP(MLPConfig(width=16, depth=2), (2,)).double()), batch)
+    assert len(seen) == 1 and seen[0] is not None and torch.equal(seen[0].x1, batch.x1)
+
+
 def test_stable_target_is_the_conditional_target_near_the_data_end() -> None:
     ip = LinearInterpolant()
     path = gaussian_path(ip, 512)
@@ -96,3 +132,51 @@ def test_velocity_target_is_a_checked_loss_key() -> None:
     assert load_spec(raw).loss.config.velocity_target == "stable"
     with pytest.raises(SpecError, match=r"loss\.velocity_target"):
         load_spec({**raw, "loss": {"kind": "flow_matching", "velocity_target": "stabel"}})
+
+
+def test_reference_bank_keeps_the_newest_points_first() -> None:
+    from fmmkit.losses.stable_target import ReferenceBank
+
+    bank = ReferenceBank(10)
+    for k in range(3):  # batches of 4: 12 points pushed into 10 slots
+        bank.push(torch.full((4, 2), float(k)), torch.full((4,), k))
+    assert bank.points is not None and bank.valid is not None and bank.labels is not None
+    assert bank.points[:, 0].tolist() == [2.0] * 4 + [1.0] * 4 + [0.0] * 2  # the oldest two dropped
+    assert bank.labels.tolist() == [2] * 4 + [1] * 4 + [0] * 2 and bool(bank.valid.all())
+    half = ReferenceBank(10)
+    half.push(torch.ones(4, 2), None)
+    assert half.valid is not None and half.valid.tolist() == [True] * 4 + [False] * 6
+    restored = ReferenceBank(10)
+    restored.load_state_dict(bank.state_dict())
+    assert torch.equal(restored.points, bank.points) and torch.equal(restored.valid, bank.valid)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="holds 10 points, the spec asks for 12"):
+        ReferenceBank(12).load_state_dict(bank.state_dict())
+
+
+def test_the_bank_adds_exactly_its_filled_points_to_the_reference() -> None:
+    from fmmkit.losses.stable_target import ReferenceBank
+
+    ip = LinearInterpolant()
+    path = gaussian_path(ip, 64)
+    earlier = MEAN + STD * torch.randn(40, 2, generator=torch.Generator().manual_seed(9), dtype=F64)
+    bank = ReferenceBank(100)  # 40 of 100 slots filled: the 60 empty ones must not count
+    bank.push(earlier, None)
+    with_bank = stable_velocity(ip, path, bank=bank)
+    explicit = stable_velocity(ip, path, reference=torch.cat([path.x1, earlier]))
+    assert torch.allclose(with_bank, explicit, atol=1e-12)
+    y = torch.randint(0, 2, (64,))
+    bank_y = ReferenceBank(100)
+    bank_y.push(earlier, torch.zeros(40, dtype=torch.long))  # every earlier point of class 0
+    labelled = stable_velocity(ip, path, y, null_label=2, bank=bank_y)
+    ref = torch.cat([path.x1, earlier])
+    ref_y = torch.cat([y, torch.zeros(40, dtype=torch.long)])
+    assert torch.allclose(labelled, stable_velocity(ip, path, y, null_label=2, reference=ref, reference_y=ref_y),
+                          atol=1e-12)
+
+
+def test_stable_reference_needs_the_stable_target() -> None:
+    raw = {"data": {"kind": "checkerboard"}, "loss": {"kind": "lagrangian_self_distillation", "stable_reference": 512}}
+    with pytest.raises(SpecError, match=r"loss\.stable_reference.*velocity_target = \"stable\""):
+        load_spec(raw)
+    raw["loss"]["velocity_target"] = "stable"
+    assert load_spec(raw).loss.config.stable_reference == 512

@@ -32,10 +32,10 @@ from torch import Tensor, nn
 from fmmkit.core import Batch, BuildContext, FlowMap, Interpolant, InterpolantSample, Loss, LossOutput, VelocityField
 from fmmkit.core.flow_map import frozen_copy, time_dtype  # noqa: F401 (frozen_copy was defined here)
 from fmmkit.core.shapes import broadcast_time, mean_squares
-from fmmkit.core.validators import non_negative, one_of
+from fmmkit.core.validators import SpecValueError, non_negative, one_of
 from fmmkit.core.derivatives import DERIVATIVE_METHODS, eulerian_velocity_derivative
 from fmmkit.losses.held import HeldCopy, prefixed, unprefixed
-from fmmkit.losses.stable_target import VELOCITY_TARGETS, stable_velocity
+from fmmkit.losses.stable_target import VELOCITY_TARGETS, ReferenceBank, stable_velocity
 from fmmkit.losses.guidance import (
     GuidanceConfig,
     condition,
@@ -67,6 +67,14 @@ class LossTables:
     #: what the loss regresses the velocity on: "conditional" (dI_t/dt) or "stable" (the batch estimate of
     #: E[dI_t/dt | I_t], :mod:`fmmkit.losses.stable_target`)
     velocity_target: str = attrs.field(default="conditional", validator=one_of(VELOCITY_TARGETS))
+    #: data points of earlier batches added to the stable target's reference (a first-in first-out bank of
+    #: the last N, loss state; 0: the batch alone); needs velocity_target = "stable"
+    stable_reference: int = attrs.field(default=0, validator=non_negative)
+
+    def __attrs_post_init__(self) -> None:
+        if self.stable_reference and self.velocity_target != "stable":
+            raise SpecValueError("stable_reference", 'is the reference of the stable target: set velocity_target = '
+                                 '"stable" too, or remove stable_reference')
 
 
 @attrs.define(frozen=True)
@@ -179,6 +187,9 @@ class FlowMapLoss(Loss):
         self.held: HeldCopy | None = HeldCopy(self.held_prefix) if self.held_prefix else None
         #: the optimiser step of the current call, set by ``__call__`` only for ``[loss.times] gap_warmup_steps``
         self.step: int | None = None
+        #: earlier batches' data points for the stable target (``stable_reference``), saved per process
+        bank_size = getattr(config, "stable_reference", 0)
+        self.reference_bank: ReferenceBank | None = ReferenceBank(bank_size) if bank_size else None
 
     @classmethod
     def build(cls, config: Any, ctx: BuildContext) -> FlowMapLoss:
@@ -216,13 +227,17 @@ class FlowMapLoss(Loss):
         assert teacher is not None, f"loss {type(self).__name__} needs a teacher velocity"
         return guided_velocity(teacher, x, t, labels_of(y), effective_scale(y, t, self.guidance))
 
-    def velocity_target(self, model: FlowMap, path: InterpolantSample, y: Tensor | None) -> Tensor:
+    def velocity_target(self, model: FlowMap, path: InterpolantSample, y: Tensor | None,
+                        reference: Batch | None = None) -> Tensor:
         """The regression target for v_{t,t}(I_t): dI_t/dt (or its batch estimate of E[dI_t/dt | I_t] with
-        ``velocity_target = "stable"``), guided when labels and a scale are given
+        ``velocity_target = "stable"``, over the data points of ``reference``, the whole batch, when the
+        loss splits it; else the rows' own), guided when labels and a scale are given
         (the model's own velocities from target passes; see :func:`fmmkit.losses.guidance.guided_target`)."""
         scale = effective_scale(y, path.t, self.guidance)
         if getattr(self.config, "velocity_target", "conditional") == "stable":
-            path = replace(path, dx_t=stable_velocity(self.interpolant, path, y, self.num_classes))
+            ref_x1, ref_y = (None, None) if reference is None else (reference.x1, reference.y)
+            path = replace(path, dx_t=stable_velocity(self.interpolant, path, y, self.num_classes, ref_x1, ref_y,
+                                                      self.reference_bank))
         if not is_guided(y, scale):
             return path.dx_t
         kappa = self.guidance.kappa
@@ -286,11 +301,12 @@ class FlowMapLoss(Loss):
         v, total = eulerian_velocity_derivative(model, x, s, t, dx=b, y=y, method=self.config.derivative)
         return v, broadcast_time(t - s, v).to(v.dtype) * total
 
-    def flow_matching_term(self, model: FlowMap, batch: Batch, name: str) -> Term:
-        """|v_{t,t}(I_t) - dI_t/dt|^2 per sample (guided target with labels)."""
+    def flow_matching_term(self, model: FlowMap, batch: Batch, name: str, reference: Batch | None = None) -> Term:
+        """|v_{t,t}(I_t) - dI_t/dt|^2 per sample (guided target with labels; ``reference``: the whole batch
+        when ``batch`` is a part of it, the data points of the stable target)."""
         t = self.sample_times(len(batch), batch.x1)
         path = self.draw(batch, t)
-        target = self.velocity_target(model, path, batch.y)
+        target = self.velocity_target(model, path, batch.y, reference)
         return Term(name, mean_squares(model.velocity(path.x_t, t, batch.y) - target), t, t)
 
     # ---- the loss
@@ -310,6 +326,8 @@ class FlowMapLoss(Loss):
         s = torch.cat([term.s.to(values.dtype) for term in terms])
         t = torch.cat([term.t.to(values.dtype) for term in terms])
         loss, metrics = self.weighting(values, s, t, dims=math.prod(batch.x1.shape[1:]))
+        if self.reference_bank is not None:  # after the terms: a batch's reference holds its own points once
+            self.reference_bank.push(batch.x1, labels_of(batch.y))
         for term in terms:
             metrics[term.name] = term.values.mean().detach()
             metrics.update({name: part.mean().detach() for name, part in term.parts.items()})
@@ -329,6 +347,16 @@ class FlowMapLoss(Loss):
             self.weighting.load_state_dict(weights)
         if self.held is not None:
             self.held.load_state_dict(state)
+
+    def process_state_dict(self) -> dict[str, Any]:
+        """The state that differs between the processes of a multi-process run (the reference bank of the data
+        each one drew), saved with each process's RNG."""
+        return self.reference_bank.state_dict() if self.reference_bank is not None else {}
+
+    def load_process_state_dict(self, state: dict[str, Any]) -> None:
+        """This process's part of a checkpoint (:meth:`process_state_dict`)."""
+        if self.reference_bank is not None:
+            self.reference_bank.load_state_dict(state)
 
 
 class DistillationLoss(FlowMapLoss):
@@ -383,5 +411,5 @@ class SelfDistillationLoss(FlowMapLoss):
 
     def terms(self, model: FlowMap, batch: Batch, teacher: VelocityField | None, step: int) -> list[Term]:
         diag, off = split_batch(batch, self.times.diagonal_fraction)
-        return terms_of_parts([(diag, lambda rows: self.flow_matching_term(model, rows, "diagonal")),
+        return terms_of_parts([(diag, lambda rows: self.flow_matching_term(model, rows, "diagonal", batch)),
                                (off, lambda rows: self.off_diagonal_term(model, rows))])

@@ -47,22 +47,22 @@ class ConditionEmbedding(nn.Module):
     """(s, t, y) -> c (B, dim): MLP of the two-time embedding, plus a learned label embedding."""
 
     def __init__(self, dim: int, time_dim: int, kind: str, pair: str, num_classes: int | None,
-                 label_dropout: float = 0.0, guidance: bool = False) -> None:
+                 label_dropout: float = 0.0, guidance: bool = False, max_frequency: float = 1000.0) -> None:
         super().__init__()
-        self.time = TwoTimeEmbedding(time_dim, kind, pair)
+        self.time = TwoTimeEmbedding(time_dim, kind, pair, max_frequency)
         self.mlp = nn.Sequential(nn.Linear(self.time.dim, dim), nn.SiLU(), nn.Linear(dim, dim))
         self.label = nn.Embedding(num_classes + 1, dim) if num_classes else None
         self.null_label = num_classes or 0
         self.label_dropout = label_dropout
         self.guidance = GuidanceEmbedding(dim) if guidance else None
-        self.kind, self.time_dim = kind, time_dim
+        self.kind, self.time_dim, self.max_frequency = kind, time_dim, max_frequency
         self.second: SecondTimeEmbedding | None = None
 
     def enable_second_time(self) -> None:
         """From now on c = MLP(e(t, t)) + E2(s or t - s) + E[y]: the diagonal (one-time) conditioning a
         flow-matching teacher was trained on, plus a zero-initialised embedding of the second time."""
         if self.second is None:
-            self.second = SecondTimeEmbedding(self.time_dim, self.mlp[2].out_features, self.kind)
+            self.second = SecondTimeEmbedding(self.time_dim, self.mlp[2].out_features, self.kind, self.max_frequency)
             self.second.to(self.mlp[0].weight.device)
 
     def forward(self, s: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:

@@ -17,12 +17,16 @@ from fmmkit.nets.embeddings import TIME_EMBEDDINGS, TIME_PAIRS
 
 @attrs.define(frozen=True)
 class ImageBackboneConfig:
-    """The keys unet and dit share: the time embedding (kind, pair, width per time), label dropout, and
+    """The keys unet and dit share: the time embedding (kind, pair, width per time, highest frequency), label dropout, and
     the attention backends of ordinary and derivative passes."""
 
     time_embedding: str = attrs.field(default="sinusoidal", validator=one_of(TIME_EMBEDDINGS))
     time_pair: str = attrs.field(default="s_t", validator=one_of(TIME_PAIRS))
     time_dim: int = attrs.field(default=128, validator=positive)
+    #: highest sinusoid frequency of the time features; a derivative in s or t multiplies each feature by its
+    #: frequency, so losses whose target holds a detached time derivative (iMF, MeanFlow, EMD-sg, AYF, sCM) want
+    #: a low one (digits iMF: 10)
+    max_frequency: float = attrs.field(default=1000.0, validator=positive)
     label_dropout: float = attrs.field(default=0.0, validator=[non_negative, unit_interval])
     attention: str = "sdpa"
     forward_ad_attention: str = "forward_ad"
@@ -55,11 +59,11 @@ class ImageBackbone(AttentionBackbone):
         """Create the network's layers for images (channels, height, width)."""
 
     def condition(self, dim: int) -> ConditionEmbedding:
-        """c(s, t, y) of width ``dim`` from the config's time_dim, time_embedding, time_pair and label_dropout
+        """c(s, t, y) of width ``dim`` from the config's time_dim, time_embedding, time_pair, max_frequency and label_dropout
         (and the guidance scale and interval when the model takes them as inputs)."""
         cfg = self.config
         return ConditionEmbedding(dim, cfg.time_dim, cfg.time_embedding, cfg.time_pair, self.num_classes,
-                                  cfg.label_dropout, guidance=self.guidance_input)
+                                  cfg.label_dropout, guidance=self.guidance_input, max_frequency=cfg.max_frequency)
 
     def enable_second_time(self) -> None:
         """Start-from-teacher opt-in (:meth:`fmmkit.core.Backbone.enable_second_time`): the condition
