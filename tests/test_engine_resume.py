@@ -215,21 +215,3 @@ def test_sigkill_mid_run_loses_at_most_one_checkpoint_interval(tmp_path: Path) -
                     checkpoint={"every": every, "keep": 2}), out=straight, progress=False, pictures=False)
     assert_same_run(killed, straight)
     assert all_finite(killed / "model.safetensors")
-
-
-def test_resume_restores_the_stable_targets_reference_bank(tmp_path: Path) -> None:
-    """The bank of earlier batches' data points is state: a run resumed from step 4 ends bit-identical."""
-    import shutil
-
-    spec = tiny_spec(loss={"velocity_target": "stable", "stable_reference": 48})
-    reference = tmp_path / "reference"
-    train(spec, out=reference, progress=False, pictures=False)
-    out = tmp_path / "run"
-    shutil.copytree(reference, out)
-    for step, path in list_checkpoints(out):
-        if step > 4:
-            shutil.rmtree(path)
-    for name in WEIGHT_FILES:
-        (out / name).unlink()
-    resume_run(out, progress=False, pictures=False)
-    assert_same_run(out, reference)

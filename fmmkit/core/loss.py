@@ -96,11 +96,3 @@ class Loss(Component, ABC):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned."""
-
-    def process_state_dict(self) -> dict[str, Any]:
-        """The part of the loss's state that differs between the processes of a multi-process run (each one's
-        own data, like the stable target's reference bank), saved per process; empty by default."""
-        return {}
-
-    def load_process_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`process_state_dict` returned in this process."""

@@ -32,10 +32,10 @@ from torch import Tensor, nn
 from fmmkit.core import Batch, BuildContext, FlowMap, Interpolant, InterpolantSample, Loss, LossOutput, VelocityField
 from fmmkit.core.flow_map import frozen_copy, time_dtype  # noqa: F401 (frozen_copy was defined here)
 from fmmkit.core.shapes import broadcast_time, mean_squares
-from fmmkit.core.validators import SpecValueError, non_negative, one_of
+from fmmkit.core.validators import non_negative, one_of
 from fmmkit.core.derivatives import DERIVATIVE_METHODS, eulerian_velocity_derivative
 from fmmkit.losses.held import HeldCopy, prefixed, unprefixed
-from fmmkit.losses.stable_target import VELOCITY_TARGETS, ReferenceBank, stable_velocity
+from fmmkit.losses.stable_target import VELOCITY_TARGETS, stable_velocity
 from fmmkit.losses.guidance import (
     GuidanceConfig,
     condition,
@@ -67,14 +67,6 @@ class LossTables:
     #: what the loss regresses the velocity on: "conditional" (dI_t/dt) or "stable" (the batch estimate of
     #: E[dI_t/dt | I_t], :mod:`fmmkit.losses.stable_target`)
     velocity_target: str = attrs.field(default="conditional", validator=one_of(VELOCITY_TARGETS))
-    #: data points of earlier batches added to the stable target's reference (a first-in first-out bank of
-    #: the last N, loss state; 0: the batch alone); needs velocity_target = "stable"
-    stable_reference: int = attrs.field(default=0, validator=non_negative)
-
-    def __attrs_post_init__(self) -> None:
-        if self.stable_reference and self.velocity_target != "stable":
-            raise SpecValueError("stable_reference", 'is the reference of the stable target: set velocity_target = '
-                                 '"stable" too, or remove stable_reference')
 
 
 @attrs.define(frozen=True)
@@ -187,9 +179,6 @@ class FlowMapLoss(Loss):
         self.held: HeldCopy | None = HeldCopy(self.held_prefix) if self.held_prefix else None
         #: the optimiser step of the current call, set by ``__call__`` only for ``[loss.times] gap_warmup_steps``
         self.step: int | None = None
-        #: earlier batches' data points for the stable target (``stable_reference``), saved per process
-        bank_size = getattr(config, "stable_reference", 0)
-        self.reference_bank: ReferenceBank | None = ReferenceBank(bank_size) if bank_size else None
 
     @classmethod
     def build(cls, config: Any, ctx: BuildContext) -> FlowMapLoss:
@@ -236,8 +225,7 @@ class FlowMapLoss(Loss):
         scale = effective_scale(y, path.t, self.guidance)
         if getattr(self.config, "velocity_target", "conditional") == "stable":
             ref_x1, ref_y = (None, None) if reference is None else (reference.x1, reference.y)
-            path = replace(path, dx_t=stable_velocity(self.interpolant, path, y, self.num_classes, ref_x1, ref_y,
-                                                      self.reference_bank))
+            path = replace(path, dx_t=stable_velocity(self.interpolant, path, y, self.num_classes, ref_x1, ref_y))
         if not is_guided(y, scale):
             return path.dx_t
         kappa = self.guidance.kappa
@@ -326,8 +314,6 @@ class FlowMapLoss(Loss):
         s = torch.cat([term.s.to(values.dtype) for term in terms])
         t = torch.cat([term.t.to(values.dtype) for term in terms])
         loss, metrics = self.weighting(values, s, t, dims=math.prod(batch.x1.shape[1:]))
-        if self.reference_bank is not None:  # after the terms: a batch's reference holds its own points once
-            self.reference_bank.push(batch.x1, labels_of(batch.y))
         for term in terms:
             metrics[term.name] = term.values.mean().detach()
             metrics.update({name: part.mean().detach() for name, part in term.parts.items()})
@@ -347,16 +333,6 @@ class FlowMapLoss(Loss):
             self.weighting.load_state_dict(weights)
         if self.held is not None:
             self.held.load_state_dict(state)
-
-    def process_state_dict(self) -> dict[str, Any]:
-        """The state that differs between the processes of a multi-process run (the reference bank of the data
-        each one drew), saved with each process's RNG."""
-        return self.reference_bank.state_dict() if self.reference_bank is not None else {}
-
-    def load_process_state_dict(self, state: dict[str, Any]) -> None:
-        """This process's part of a checkpoint (:meth:`process_state_dict`)."""
-        if self.reference_bank is not None:
-            self.reference_bank.load_state_dict(state)
 
 
 class DistillationLoss(FlowMapLoss):

@@ -57,7 +57,6 @@ class ConsistencyTrainingConfig(ConsistencyConfig):
     """As :class:`ConsistencyConfig`; guidance.scale must stay 1 (no v_{s,s} to guide with)."""
 
     def __attrs_post_init__(self) -> None:
-        super().__attrs_post_init__()
         if self.guidance.guides:
             raise SpecValueError("guidance.scale", "consistency_training learns only X_(s,1), so it has no velocity "
                                  "v_(s,s) to build a guided target from; use scale = 1, or distil a guided teacher "

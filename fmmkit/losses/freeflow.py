@@ -79,7 +79,6 @@ class FreeFlowConfig(LossTables):
     derivative: str = attrs.field(default="jvp", validator=one_of(DERIVATIVE_METHODS))
 
     def __attrs_post_init__(self) -> None:
-        super().__attrs_post_init__()
         if self.guidance.variable and self.corrector_weight > 0:
             raise SpecValueError("guidance.scale", "the corrector's fake velocity is not conditioned on the guidance "
                                  "scale: with variable guidance set corrector_weight = 0")

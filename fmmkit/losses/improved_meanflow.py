@@ -94,7 +94,6 @@ class ImprovedMeanFlowConfig(LossTables):
     derivative: str = attrs.field(default="jvp", validator=one_of(DERIVATIVE_METHODS))
 
     def __attrs_post_init__(self) -> None:
-        super().__attrs_post_init__()
         if self.guidance.kappa > 0:
             raise SpecValueError("guidance.kappa", "iMF's target has no kappa (it is MeanFlow's); leave it at 0")
 

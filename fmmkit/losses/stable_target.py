@@ -17,11 +17,6 @@ x1_i and b^_i -> dI_t/dt. With labels the reference is the rows of the same labe
 null label). The reference is the whole batch (the diagonal rows' own x1 among them) when a loss gives
 its diagonal rows only part of it (the self-distillation losses). Cost: one (B, R) distance matrix and
 one (B, R) x (R, D) product for R reference points.
-
-``[loss] stable_reference = N`` adds the data points of earlier batches (a first-in first-out bank of
-the last N, :class:`ReferenceBank`) to the reference: data points do not go stale as the model trains,
-and on the checkerboard the estimate's error falls from 0.125 (R = 512) to 0.084 (1024), 0.046 (4096)
-and 0.022 (16,384), most of it near the data end t > 0.8 where the squares' edges are drawn.
 """
 
 from __future__ import annotations
@@ -36,70 +31,14 @@ from fmmkit.core.conditioning import labels_of
 VELOCITY_TARGETS = ("conditional", "stable")
 
 
-class ReferenceBank:
-    """The last ``size`` data points (and labels) of earlier batches, for the stable target's reference.
-
-    A fixed-shape ring held as loss state (saved per process with the run's RNG, so a resumed run continues
-    exactly): :meth:`push` shifts a batch in, dropping the oldest; ``valid`` marks the filled slots.
-    """
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self.points: Tensor | None = None  # (size, *shape)
-        self.labels: Tensor | None = None  # (size,) long, -1 where unlabelled
-        self.valid: Tensor | None = None  # (size,) bool
-
-    @torch.compiler.disable  # eager even inside a compiled step: inductor's in-place shift of the ring read slots
-    @torch.no_grad()         # it had already overwritten (a compile-then-eager run filled the bank with garbage)
-    def push(self, x1: Tensor, labels: Tensor | None) -> None:
-        """Shift the batch's data points x1 (B, *shape) in, newest first."""
-        if self.points is None or self.points.shape[1:] != x1.shape[1:]:
-            self.points = x1.new_zeros((self.size, *x1.shape[1:]))
-            self.labels = torch.full((self.size,), -1, dtype=torch.long, device=x1.device)
-            self.valid = torch.zeros(self.size, dtype=torch.bool, device=x1.device)
-        assert self.labels is not None and self.valid is not None
-        n = min(len(x1), self.size)
-        new_labels = labels[:n].long() if labels is not None else torch.full((n,), -1, dtype=torch.long, device=x1.device)
-        self.points.copy_(torch.cat([x1[:n].to(self.points.dtype), self.points[: self.size - n]]))
-        self.labels.copy_(torch.cat([new_labels.to(self.labels.device), self.labels[: self.size - n]]))
-        self.valid.copy_(torch.cat([torch.ones(n, dtype=torch.bool, device=x1.device), self.valid[: self.size - n]]))
-
-    def state_dict(self) -> dict[str, Tensor]:
-        """The bank's tensors (empty before the first push)."""
-        if self.points is None:
-            return {}
-        assert self.labels is not None and self.valid is not None
-        return {"points": self.points, "labels": self.labels, "valid": self.valid}
-
-    def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        """Tensors from :meth:`state_dict` (a checkpoint's); an empty dict leaves the bank empty."""
-        if not state:
-            self.points = self.labels = self.valid = None
-            return
-        if len(state["points"]) != self.size:
-            raise ValueError(f"the checkpoint's stable_reference bank holds {len(state['points'])} points, the spec "
-                             f"asks for {self.size}")
-        self.points, self.labels, self.valid = (state["points"].clone(), state["labels"].clone().long(),
-                                                state["valid"].clone().bool())
-
-
 def stable_velocity(interpolant: Interpolant, path: InterpolantSample, y: Tensor | None = None,
                     null_label: int | None = None, reference: Tensor | None = None,
-                    reference_y: Tensor | None = None, bank: ReferenceBank | None = None) -> Tensor:
+                    reference_y: Tensor | None = None) -> Tensor:
     """b^_t(I_t) for every row of ``path`` (B, *shape) over the data points ``reference`` (R, *shape) with labels
     ``reference_y`` (default: the rows' own x1 and y; a larger batch that holds them lowers the estimate's bias
-    and variance, module docstring), and the filled slots of ``bank``."""
+    and variance, module docstring)."""
     if reference is None:
         reference, reference_y = path.x1, y
-    valid = None
-    if bank is not None and bank.points is not None:
-        assert bank.labels is not None and bank.valid is not None
-        ref_labels = labels_of(reference_y)
-        reference = torch.cat([reference, bank.points.to(reference.dtype)])
-        if ref_labels is not None:
-            reference_y = torch.cat([ref_labels.long(), bank.labels])
-        valid = torch.cat([torch.ones(len(reference) - bank.size, dtype=torch.bool, device=reference.device),
-                           bank.valid])
     x, x1, t = path.x_t.flatten(1), reference.flatten(1), path.t  # (B, D), (R, D), (B,)
     assert x1.shape[1] == x.shape[1], f"reference points must have the rows' shape {tuple(path.x1.shape[1:])}"
     dtype = torch.promote_types(x.dtype, torch.float32)
@@ -110,7 +49,7 @@ def stable_velocity(interpolant: Interpolant, path: InterpolantSample, y: Tensor
         var = var + interpolant.gamma(t) ** 2
         d_half = d_half + interpolant.gamma_d_gamma(t)
     var = var.clamp_min(torch.finfo(dtype).tiny ** 0.5)
-    # -|x_i - beta_i x1_j|^2 / (2 var_i), dropping the |x_i|^2 term that is constant in j   (B, B)
+    # -|x_i - beta_i x1_j|^2 / (2 var_i), dropping the |x_i|^2 term that is constant in j   (B, R)
     logits = (beta[:, None] * (x @ x1.T) - 0.5 * beta[:, None] ** 2 * (x1 * x1).sum(1)[None, :]) / var[:, None]
     labels, reference_labels = labels_of(y), labels_of(reference_y)
     if labels is not None and reference_labels is not None:
@@ -118,8 +57,6 @@ def stable_velocity(interpolant: Interpolant, path: InterpolantSample, y: Tensor
         if null_label is not None:
             same = same | (labels[:, None] == null_label)
         logits = logits.masked_fill(~same, float("-inf"))
-    if valid is not None:
-        logits = logits.masked_fill(~valid[None, :], float("-inf"))
     m = torch.softmax(logits, dim=1) @ x1  # (B, D)
     c = d_half / var
     b = c[:, None] * x + (d_beta - c * beta)[:, None] * m

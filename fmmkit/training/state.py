@@ -71,8 +71,7 @@ def checkpoint_parts(state: TrainState, sharded: bool) -> tuple[dict[str, Any], 
         trainer["compile"] = state.autocompile.state_dict()
     weights = {"model": state.model.state_dict(),
                **{label: state.ema.state_dict(label, state.model) for label in state.ema.labels}}
-    rng = {"global": capture_rng(), "streams": {str(s.slot): s.state_dict() for s in state.streams},
-           "loss": state.loss.process_state_dict()}
+    rng = {"global": capture_rng(), "streams": {str(s.slot): s.state_dict() for s in state.streams}}
     if sharded:
         return {}, {**weights, "trainer": trainer, "rng": rng}
     return {**weights, "trainer": trainer}, {"rng": rng}
@@ -135,9 +134,7 @@ def restore(state: TrainState, loaded: LoadedCheckpoint, env: DistEnv, plan: Bat
         state.step, state.skipped = int(trainer["step"]), int(trainer["skipped"])
         state.compile_record = dict(trainer.get("compile", {}))
         by_rank = loaded.others.get("rng", {})
-        own = by_rank.get(env.rank, by_rank.get(0, {"global": capture_rng()}))
-        restore_rng(own["global"])
-        state.loss.load_process_state_dict(own.get("loss", {}))
+        restore_rng(by_rank.get(env.rank, by_rank.get(0, {"global": capture_rng()}))["global"])
         streams = {slot: s for r in by_rank.values() for slot, s in r["streams"].items()}
         for stream in state.streams:
             stream.load_state_dict(streams[str(stream.slot)])
