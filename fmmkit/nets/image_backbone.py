@@ -17,8 +17,8 @@ from fmmkit.nets.embeddings import TIME_EMBEDDINGS, TIME_PAIRS
 
 @attrs.define(frozen=True)
 class ImageBackboneConfig:
-    """The keys unet and dit share: the time embedding (kind, pair, width per time, highest frequency), label dropout, and
-    the attention backends of ordinary and derivative passes."""
+    """The keys unet and dit share: the time embedding (kind, pair, width per time, highest frequency), label
+    dropout, and the attention backends of ordinary and derivative passes."""
 
     time_embedding: str = attrs.field(default="sinusoidal", validator=one_of(TIME_EMBEDDINGS))
     time_pair: str = attrs.field(default="s_t", validator=one_of(TIME_PAIRS))
@@ -59,8 +59,8 @@ class ImageBackbone(AttentionBackbone):
         """Create the network's layers for images (channels, height, width)."""
 
     def condition(self, dim: int) -> ConditionEmbedding:
-        """c(s, t, y) of width ``dim`` from the config's time_dim, time_embedding, time_pair, max_frequency and label_dropout
-        (and the guidance scale and interval when the model takes them as inputs)."""
+        """c(s, t, y) of width ``dim`` from the config's time_dim, time_embedding, time_pair, max_frequency and
+        label_dropout (and the guidance scale and interval when the model takes them as inputs)."""
         cfg = self.config
         return ConditionEmbedding(dim, cfg.time_dim, cfg.time_embedding, cfg.time_pair, self.num_classes,
                                   cfg.label_dropout, guidance=self.guidance_input, max_frequency=cfg.max_frequency)
