@@ -1,4 +1,4 @@
-"""One class-conditional 2D flow map sampled at several guidance scales (variable guidance, issue 11).
+"""Class-conditional 2D flow maps, each one model sampled at several guidance scales (variable guidance, issue 11).
 
 Trains each of the class-conditional specs ``examples/checkerboard_guided_lsd.toml`` (LSD) and
 ``examples/checkerboard_guided_imf.toml`` (iMF) (labels = the 8 squares of the checkerboard; the guidance
