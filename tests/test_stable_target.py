@@ -132,4 +132,3 @@ def test_velocity_target_is_a_checked_loss_key() -> None:
     assert load_spec(raw).loss.config.velocity_target == "stable"
     with pytest.raises(SpecError, match=r"loss\.velocity_target"):
         load_spec({**raw, "loss": {"kind": "flow_matching", "velocity_target": "stabel"}})
-
