@@ -101,6 +101,27 @@ def test_labels_restrict_the_reference_to_the_rows_class() -> None:
     assert torch.allclose(dropped, stable_velocity(ip, path))
 
 
+@pytest.mark.parametrize("block", [1, 7, 2**20])
+def test_blocks_of_rows_give_the_posterior_mean_of_the_textbook_softmax(monkeypatch, block: int) -> None:  # type: ignore[no-untyped-def]
+    import fmmkit.losses.stable_target as stable_target
+
+    monkeypatch.setattr(stable_target, "_BLOCK_ELEMENTS", block * 50)  # 50 reference points: `block` rows a block
+    ip = LinearInterpolant()
+    path = gaussian_path(ip, 64, seed=3)
+    g = torch.Generator().manual_seed(4)
+    reference = MEAN + STD * torch.randn(50, 2, generator=g, dtype=F64)
+    y, reference_y = torch.randint(0, 3, (64,), generator=g), torch.randint(0, 3, (50,), generator=g)
+    reference_y[:3] = torch.arange(3)  # every class has a reference point
+    y[:5] = 3  # the null label: every reference point
+    alpha, beta = ip.alpha(path.t), ip.beta(path.t)
+    log_w = -((path.x_t[:, None, :] - beta[:, None, None] * reference[None]) ** 2).sum(-1) / (2 * alpha[:, None] ** 2)
+    allowed = (y[:, None] == reference_y[None, :]) | (y[:, None] == 3)
+    m = torch.softmax(log_w.masked_fill(~allowed, float("-inf")), dim=1) @ reference  # E[x1 | x_t] over the reference
+    expected = (m - path.x_t) / (1 - path.t)[:, None]  # linear: b = (E[x1 | x] - x) / (1 - t)
+    got = stable_velocity(ip, path, y, null_label=3, reference=reference, reference_y=reference_y)
+    assert torch.allclose(got, expected, rtol=1e-9, atol=1e-9)
+
+
 def test_flow_matching_with_the_stable_target_is_minimised_at_the_exact_velocity() -> None:
     from fmmkit.core import FlowMap
     from fmmkit.losses.flow_matching import FlowMatching, FlowMatchingConfig

@@ -15,8 +15,8 @@ the exact velocity of the batch's empirical data, a consistent estimate of b_t(x
 variance is far below that of dI_t/dt at small t; as t -> 1 the weight concentrates on the row's own
 x1_i and b^_i -> dI_t/dt. With labels the reference is the rows of the same label (all rows for the
 null label). The reference is the whole batch (the diagonal rows' own x1 among them) when a loss gives
-its diagonal rows only part of it (the self-distillation losses). Cost: one (B, R) distance matrix and
-one (B, R) x (R, D) product for R reference points.
+its diagonal rows only part of it (the self-distillation losses). Cost, for R reference points: a (B, D + 1) x (D + 1, R)
+product for the logits, their exponential in place and a (B, R) x (R, D + 1) product, in blocks of rows.
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ from fmmkit.core.conditioning import labels_of
 
 #: "conditional": dI_t/dt (flow matching's usual target); "stable": the batch estimate of E[dI_t/dt | I_t]
 VELOCITY_TARGETS = ("conditional", "stable")
+#: logits per block of rows (4 MiB of float32): a block stays in cache from its product to its exponential
+_BLOCK_ELEMENTS = 2**20
 
 
 def stable_velocity(interpolant: Interpolant, path: InterpolantSample, y: Tensor | None = None,
@@ -49,15 +51,25 @@ def stable_velocity(interpolant: Interpolant, path: InterpolantSample, y: Tensor
         var = var + interpolant.gamma(t) ** 2
         d_half = d_half + interpolant.gamma_d_gamma(t)
     var = var.clamp_min(torch.finfo(dtype).tiny ** 0.5)
-    # -|x_i - beta_i x1_j|^2 / (2 var_i), dropping the |x_i|^2 term that is constant in j   (B, R)
-    logits = (beta[:, None] * (x @ x1.T) - 0.5 * beta[:, None] ** 2 * (x1 * x1).sum(1)[None, :]) / var[:, None]
+    # logits_ij = -|x_i - beta_i x1_j|^2 / (2 var_i) + const_i = [x_i beta_i / var_i, -beta_i^2 / (2 var_i)] . [x1_j, |x1_j|^2]
+    scale = (beta / var)[:, None]
+    queries = torch.cat([x * scale, (-0.5 * beta * scale[:, 0])[:, None]], dim=1)  # (B, D + 1)
+    keys = torch.cat([x1, (x1 * x1).sum(1, keepdim=True)], dim=1)  # (R, D + 1)
+    values = torch.cat([x1, torch.ones_like(x1[:, :1])], dim=1)  # (R, D + 1): the weighted sum and the normaliser
     labels, reference_labels = labels_of(y), labels_of(reference_y)
-    if labels is not None and reference_labels is not None:
-        same = labels[:, None] == reference_labels[None, :]  # (B, R)
-        if null_label is not None:
-            same = same | (labels[:, None] == null_label)
-        logits = logits.masked_fill(~same, float("-inf"))
-    m = torch.softmax(logits, dim=1) @ x1  # (B, D)
+    rows = max(1, _BLOCK_ELEMENTS // max(1, x1.shape[0]))
+    summed = []
+    for i in range(0, x.shape[0], rows):  # blocks of rows, so that each (rows, R) block of logits stays in cache
+        logits = queries[i : i + rows] @ keys.T  # (rows, R)
+        if labels is not None and reference_labels is not None:
+            same = labels[i : i + rows, None] == reference_labels[None, :]
+            if null_label is not None:
+                same = same | (labels[i : i + rows, None] == null_label)
+            logits.masked_fill_(~same, float("-inf"))
+        weights = logits.sub_(logits.amax(dim=1, keepdim=True)).exp_()  # softmax's numerator, in place
+        summed.append(weights @ values)  # (rows, D + 1)
+    total = torch.cat(summed)
+    m = total[:, :-1] / total[:, -1:]  # (B, D): sum_j w_ij x1_j
     c = d_half / var
     b = c[:, None] * x + (d_beta - c * beta)[:, None] * m
     return b.reshape(path.dx_t.shape).to(path.dx_t.dtype)
