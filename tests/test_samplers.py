@@ -128,6 +128,33 @@ def test_flow_map_sampler_trajectory_and_times() -> None:
         torch.testing.assert_close(xt, oracle(x, 0.0, t), atol=1e-12, rtol=0)
 
 
+def test_grid_power_moves_the_inner_times_towards_the_data_and_stays_exact() -> None:
+    assert FlowMapSampler(FlowMapSamplerConfig(steps=2, grid_power=2.0)).times == [0.0, 0.75, 1.0]
+    assert FlowMapSampler(FlowMapSamplerConfig(steps=4, grid_power=2.0)).times == [0.0, 0.4375, 0.75, 0.9375, 1.0]
+    assert FlowMapSampler(FlowMapSamplerConfig(steps=3)).times == [0.0, 1 / 3, 2 / 3, 1.0]  # power 1: i / K exactly
+    sampler = FlowMapSampler(FlowMapSamplerConfig(steps=3, grid_power=2.5, keep_trajectory=True))
+    assert sampler.label == "flow_map(3, power 2.5)"
+    oracle, x = GaussianFlowMap(LinearInterpolant(), MEAN, STD), x0()
+    result = sampler(oracle, x)
+    for t, xt in zip(sampler.times, result.trajectory or []):
+        torch.testing.assert_close(xt, oracle(x, 0.0, t), atol=1e-12, rtol=0)
+
+
+def test_a_runs_k_step_rows_take_the_spec_grid_power(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from fmmkit.evaluation.scores import flow_map_rows
+    from fmmkit.runs.run import load_run
+    from fmmkit.training.loop import train
+
+    out = train({"name": "gp", "data": {"kind": "checkerboard"}, "model": {"kind": "mlp", "width": 8, "depth": 1},
+                 "loss": {"kind": "lagrangian_self_distillation"}, "train": {"steps": 1, "batch_size": 16},
+                 "sample": {"grid_power": 2.0, "num_pictures": 16}},
+                out=tmp_path / "run", progress=False, pictures=False)
+    run = load_run(out)
+    assert [sampler.times for _, sampler, _, _ in flow_map_rows(run)][1] == [0.0, 0.75, 1.0]
+    assert run.k_step_sampler(2, "consistency").times == [0.0, 0.75, 1.0]  # every flow-map sampler takes it
+    torch.testing.assert_close(run.sample(8, steps=2, seed=3), run.sample(8, grid=[0.0, 0.75, 1.0], seed=3))
+
+
 @pytest.mark.parametrize(
     ("kwargs", "field"),
     [
@@ -138,6 +165,7 @@ def test_flow_map_sampler_trajectory_and_times() -> None:
         ({"grid": [0.0]}, "grid"),
         ({"steps": 0}, "steps"),
         ({"steps": 3, "grid": [0.0, 0.5, 1.0]}, "steps"),
+        ({"steps": 2, "grid_power": 0.0}, "grid_power"),
     ],
 )
 def test_flow_map_config_rejects_bad_grids(kwargs: dict, field: str) -> None:

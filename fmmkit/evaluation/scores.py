@@ -69,7 +69,7 @@ def flow_map_rows(run: Run) -> list[Row]:
         return []
     kind = run.flow_map_sampler
     name = "flow map" if kind == "flow_map" else kind.replace("_", " ")
-    return [(f"{name}, {_steps(k)}", run.sampler(kind, steps=k), run.model, None) for k in run.spec.sample.steps]
+    return [(f"{name}, {_steps(k)}", run.k_step_sampler(k, kind), run.model, None) for k in run.spec.sample.steps]
 
 
 def guidance_scales(run: Run) -> list[float]:
@@ -87,7 +87,7 @@ def guidance_rows(run: Run) -> list[Row]:
     """(label, sampler, model, w) of the guidance sweep: each scale at the smallest and largest step count."""
     kind = run.flow_map_sampler
     counts = sorted({min(run.spec.sample.steps), max(run.spec.sample.steps)})
-    return [(f"guidance {w:g}, {_steps(k)}", run.sampler(kind, steps=k), run.model, w)
+    return [(f"guidance {w:g}, {_steps(k)}", run.k_step_sampler(k, kind), run.model, w)
             for w in guidance_scales(run) for k in counts]
 
 

@@ -18,8 +18,9 @@ from fmmkit.core import DataSource, Metric
 from fmmkit.core.validators import non_negative, positive
 from fmmkit.hookspecs import hookimpl
 
-#: pairwise distances computed per chunk (float64 elements), bounding memory at ~64 MB per chunk
-_CHUNK_ELEMENTS = 2**23
+#: pairwise distances computed per chunk (4 MiB of float32): a chunk of 2**23 took 1.3x as long for 20k x 20k
+#: (2.12 vs 1.65 s on one CPU thread), its fresh 32 MiB each time costing page faults; the sums do not change
+_CHUNK_ELEMENTS = 2**20
 
 
 def _flat(x: Tensor, dtype: torch.dtype = torch.float64) -> Tensor:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import attrs
 import torch
 from torch import Tensor
 
@@ -62,6 +63,16 @@ class Run:
         component = _component({"kind": kind, **params}, "sampler", "sampler", "sample", self.registry)
         return self.registry.build("sampler", kind, component.config, BuildContext(interpolant=self.interpolant))
 
+    def k_step_sampler(self, steps: int, kind: str | None = None) -> Any:
+        """The flow-map sampler of K-step samples (``kind``, default :attr:`flow_map_sampler`) on the spec's
+        time grid (``[sample] grid_power``, for samplers whose config has that key)."""
+        kind = kind or self.flow_map_sampler
+        params: dict[str, Any] = {"steps": steps}
+        config = self.registry.get("sampler", kind).config
+        if attrs.has(config) and "grid_power" in attrs.fields_dict(config):
+            params["grid_power"] = self.spec.sample.grid_power
+        return self.sampler(kind, **params)
+
     @property
     def flow_map_sampler(self) -> str:
         """The sampler of K-step samples: ``[sample] sampler``, or the loss's own when it is "auto"
@@ -114,8 +125,8 @@ class Run:
                       sampler: str | None = None) -> SampleResult:
         """Like ``sample`` but with the NFE used."""
         if solver is None:
-            params: dict[str, Any] = {"grid": grid} if grid is not None else {"steps": steps}
-            chosen = self.sampler(sampler or self.flow_map_sampler, **params)
+            kind = sampler or self.flow_map_sampler
+            chosen = self.sampler(kind, grid=grid) if grid is not None else self.k_step_sampler(steps, kind)
         else:
             chosen = self.sampler(solver, **({} if solver == "dopri5" else {"steps": steps}))
         x0 = self.noise(n, seed)

@@ -31,11 +31,14 @@ def _check_grid(instance: Any, attribute: attrs.Attribute[Any], grid: list[float
 
 @attrs.define(frozen=True)
 class FlowMapSamplerConfig:
-    """steps: K equal jumps; grid: custom times [0, ..., 1] (then K = len(grid) - 1); keep_trajectory."""
+    """steps: K jumps on the grid t_k = 1 - (1 - k/K)^grid_power (grid_power 1: equal jumps); grid: custom
+    times [0, ..., 1] instead (then K = len(grid) - 1); keep_trajectory."""
 
     steps: int = attrs.field(default=1, validator=positive)
     grid: list[float] | None = attrs.field(default=None, validator=_check_grid)
     keep_trajectory: bool = False
+    #: > 1 moves the grid's inner times towards the data (t = 1): for two steps t_1 = 1 - 2^-grid_power
+    grid_power: float = attrs.field(default=1.0, validator=positive)
 
     def __attrs_post_init__(self) -> None:
         if self.grid is not None and self.steps not in (1, len(self.grid) - 1):
@@ -58,13 +61,17 @@ class FlowMapSampler(Sampler):
         """The time grid t_0 = 0 < ... < t_K = 1."""
         if self.config.grid is not None:
             return [float(t) for t in self.config.grid]
-        k = self.config.steps
-        return [i / k for i in range(k + 1)]
+        k, power = self.config.steps, self.config.grid_power
+        if power == 1:
+            return [i / k for i in range(k + 1)]
+        return [0.0, *(1 - (1 - i / k) ** power for i in range(1, k)), 1.0]
 
     @property
     def label(self) -> str:
         k = len(self.times) - 1
-        return f"flow_map({k})" if self.config.grid is None else f"flow_map({k}, grid)"
+        if self.config.grid is not None:
+            return f"flow_map({k}, grid)"
+        return f"flow_map({k})" if self.config.grid_power == 1 else f"flow_map({k}, power {self.config.grid_power:g})"
 
     def __call__(self, model: FlowMapLike, x0: Tensor, y: Tensor | None = None) -> SampleResult:  # type: ignore[override]
         grid = self.times

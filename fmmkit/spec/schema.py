@@ -58,6 +58,10 @@ class ComponentSpec:
     config: Any
 
 
+#: the optimisers torch can update in one fused kernel (``fused=True``) on CPU and CUDA
+FUSED_OPTIMIZERS = ("adam", "adamw")
+
+
 @attrs.define(frozen=True)
 class OptimConfig:
     """Optimiser (adam, adamw, radam), learning-rate schedule and gradient clipping (0 = off)."""
@@ -72,11 +76,21 @@ class OptimConfig:
     #: Adam's epsilon; min_lr_factor: floor of the cosine/linear decay as a fraction of lr.
     eps: float = attrs.field(default=1e-8, validator=positive)
     min_lr_factor: float = attrs.field(default=0.0, validator=unit_interval)
+    implementation: Literal["auto", "fused", "foreach", "for_loop"] = attrs.field(
+        default="auto", validator=one_of(("auto", "fused", "foreach", "for_loop")), metadata=doc(
+            'how the optimiser updates the parameters: "fused" (one kernel per step; adam and adamw on CPU and CUDA), '
+            '"foreach" (batched tensor ops), "for_loop" (one parameter at a time); "auto": fused where it applies, '
+            'else torch\'s default'))
 
     @betas.validator
     def _check_betas(self, attribute: attrs.Attribute[Any], value: list[float]) -> None:
         if len(value) != 2 or not all(0 <= b < 1 for b in value):
             raise SpecValueError("betas", f"must be two numbers in [0, 1), got {value!r}")
+
+    def __attrs_post_init__(self) -> None:
+        if self.implementation == "fused" and self.name not in FUSED_OPTIMIZERS:
+            raise SpecValueError("implementation", f'"fused" applies to {" and ".join(FUSED_OPTIMIZERS)}, not '
+                                 f'{self.name}; use "auto" or "foreach"')
 
 
 @attrs.define(frozen=True)
@@ -141,6 +155,9 @@ class SampleConfig:
     num_pictures: int = attrs.field(default=4000, validator=positive)
     picture_solver: str = "midpoint"
     picture_solver_steps: int = attrs.field(default=50, validator=positive)
+    grid_power: float = attrs.field(default=1.0, validator=positive, metadata=doc(
+        "time grid of the k-step rows, t_i = 1 - (1 - i/k)^grid_power (1: equal jumps; 2: two steps meet at "
+        "t = 0.75, nearer the data); any flow-map sampler with a grid_power key takes it, fmmkit sample too"))
 
 
 @attrs.define(frozen=True)
