@@ -44,9 +44,12 @@ def main() -> None:
         wall, user, sys_ = (float(v) for v in args.time.split())
         timing = (f"The whole command took {wall:.0f} s wall and {user + sys_:.0f} s of CPU (user {user:.0f} s + system "
                   f"{sys_:.0f} s), training {train_s:.0f} s of it. ")
+    from fmmkit.cli.quickstart import QUICKSTART_OVERRIDES
+
+    budget = ", ".join(f"`{o}`" for o in QUICKSTART_OVERRIDES)
     body = f"""Machine: {machine()}. Load: `{args.load.strip()}`.
 Command: `fmmkit quickstart --out {run} && python benchmarks/checkerboard.py {run}` (the README's main job:
-the built-in `checkerboard_lsd` spec, LSD with no teacher, 2000 steps of batch 1024). {timing}{args.note}
+the built-in `checkerboard_lsd` spec, LSD with no teacher, with the quickstart's overrides {budget}). {timing}{args.note}
 {report['num_samples']} samples per row, the same noise for every row, scored against {report['num_samples']} data points.
 "in squares" is the in_support metric (the share of samples on the black squares; data: 1.0). Checkerboard KL is
 KL(p_data || p_model) on a 40 x 40 histogram over [-2, 2]^2 (true samples score about 0.02 at this N). The paper's
