@@ -25,7 +25,7 @@ def fused_applies(params: list[torch.nn.Parameter], config: OptimConfig) -> bool
 def make_optimizer(params: list[torch.nn.Parameter], config: OptimConfig) -> torch.optim.Optimizer:
     """Adam, AdamW or RAdam with the spec's learning rate, betas, epsilon and weight decay, updating the
     parameters as ``optim.implementation`` says ("auto": fused where :func:`fused_applies`; on the
-    quickstart's MLP one fused Adam step takes 0.28 ms against 1.49 ms one parameter at a time,
+    checkerboard specs' 4 x 256 MLP one fused Adam step takes 0.28 ms against 1.49 ms one parameter at a time,
     benchmarks/RESULTS.md). The three implementations agree to float rounding, and a resumed run
     builds the same one, so it continues exactly."""
     cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "radam": torch.optim.RAdam}[config.name]
