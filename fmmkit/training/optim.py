@@ -30,13 +30,14 @@ def make_optimizer(params: list[torch.nn.Parameter], config: OptimConfig) -> tor
     builds the same one, so it continues exactly."""
     cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "radam": torch.optim.RAdam}[config.name]
     choice = config.implementation
-    if choice == "fused" and not fused_applies(params, config):
-        raise UserError(f'optim.implementation = "fused" needs every parameter as a floating-point tensor on '
-                        f'{" or ".join(FUSED_DEVICES)} (not sharded); use "auto" or "foreach"')
     kind: dict[str, bool] = {}
-    if choice == "fused" or (choice == "auto" and fused_applies(params, config)):
-        kind = {"fused": True}
-    elif choice in ("foreach", "for_loop"):
+    if choice in ("auto", "fused"):
+        if fused_applies(params, config):
+            kind = {"fused": True}
+        elif choice == "fused":
+            raise UserError(f'optim.implementation = "fused" needs every parameter as a floating-point tensor on '
+                            f'{" or ".join(FUSED_DEVICES)} (not sharded); use "auto" or "foreach"')
+    else:
         kind = {"foreach": choice == "foreach"}
     return cls(params, lr=config.lr, betas=tuple(config.betas), eps=config.eps, weight_decay=config.weight_decay,
                **kind)
