@@ -123,6 +123,9 @@ class PlainSelfDistillation:
         lagrangian = (dx_st - target).pow(2).mean()
         return LossOutput(diagonal + lagrangian, {"diagonal": diagonal.detach(), "lagrangian": lagrangian.detach()})
 
+    def begin_step(self, step: int) -> None:
+        pass
+
     def on_step_end(self, model: Any, step: int) -> None:
         pass
 

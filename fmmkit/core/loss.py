@@ -81,6 +81,10 @@ class Loss(Component, ABC):
         if self.requires_teacher and teacher is None:
             raise LossBuildError(f"loss {name} distills a teacher: add a [teacher] table with run = \"RUN_DIR\"")
 
+    def begin_step(self, step: int) -> None:
+        """Called before each optimiser step, outside a compiled loss: per-step state the loss reads as
+        tensors (a curriculum's factor), so that a compiled loss does not specialise on the step."""
+
     def on_step_end(self, model: FlowMap, step: int) -> None:
         """Called after each optimiser step (EMA teachers, progressive rounds)."""
 

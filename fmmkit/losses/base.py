@@ -177,8 +177,10 @@ class FlowMapLoss(Loss):
         self.guidance: GuidanceConfig = getattr(config, "guidance", GuidanceConfig())
         #: the frozen model copy the loss keeps as state, saved and restored with it (see ``held_prefix``)
         self.held: HeldCopy | None = HeldCopy(self.held_prefix) if self.held_prefix else None
-        #: the optimiser step of the current call, set by ``__call__`` only for ``[loss.times] gap_warmup_steps``
-        self.step: int | None = None
+        #: ``[loss.times] gap_warmup_steps``: the curriculum's factor on the gaps at the current optimiser step, a
+        #: 0-dim tensor that :meth:`begin_step` fills, so that a compiled step reads it without recompiling (a Python
+        #: step inside the traced loss made three compiles of ~20 s each on the main job)
+        self.gap_scale = torch.ones((), dtype=torch.float64)
 
     @classmethod
     def build(cls, config: Any, ctx: BuildContext) -> FlowMapLoss:
@@ -192,7 +194,7 @@ class FlowMapLoss(Loss):
 
     def sample_pairs(self, n: int, like: Tensor) -> tuple[Tensor, Tensor]:
         """n pairs (s, t) (see :meth:`TimeSampling.sample_pairs`)."""
-        return self.times.sample_pairs(n, like.device, time_dtype(like), step=self.step)
+        return self.times.sample_pairs(n, like.device, time_dtype(like), gap_scale=self.curriculum())
 
     def draw(self, batch: Batch, t: Tensor) -> InterpolantSample:
         """I_t and dI_t/dt for the data batch at per-sample times t."""
@@ -297,6 +299,17 @@ class FlowMapLoss(Loss):
         target = self.velocity_target(model, path, batch.y, reference)
         return Term(name, mean_squares(model.velocity(path.x_t, t, batch.y) - target), t, t)
 
+    # ---- the gap curriculum (``[loss.times] gap_warmup_steps``)
+    def begin_step(self, step: int) -> None:
+        """The gap factor min(1, step / gap_warmup_steps) of optimiser step ``step`` into :attr:`gap_scale`
+        (the trainer calls this before each step, outside a compiled loss; an eager call fills it itself)."""
+        if self.times.gap_warmup_steps:
+            self.gap_scale.fill_(self.times.gap_scale(step))
+
+    def curriculum(self) -> Tensor | None:
+        """:attr:`gap_scale` when a gap curriculum is configured, else None (pairs as drawn)."""
+        return self.gap_scale if self.times.gap_warmup_steps else None
+
     # ---- the loss
     @abstractmethod
     def terms(self, model: FlowMap, batch: Batch, teacher: VelocityField | None, step: int) -> list[Term]:
@@ -305,8 +318,8 @@ class FlowMapLoss(Loss):
     def __call__(
         self, model: FlowMap, batch: Batch, *, teacher: VelocityField | None = None, step: int = 0
     ) -> LossOutput:
-        if self.times.gap_warmup_steps:  # only then: a stored int is one more torch.compile specialisation
-            self.step = step  # the optimiser step of this call, for the gap curriculum
+        if self.times.gap_warmup_steps and not torch.compiler.is_compiling():
+            self.begin_step(step)  # compiled, the trainer has filled it before the traced call
         batch = self.prepare_labels(batch)
         terms = [term for term in self.terms(model, batch, teacher, step) if term.values.numel()]
         assert terms, f"loss {type(self).__name__} produced no terms for a batch of {len(batch)}"
@@ -383,7 +396,8 @@ class SelfDistillationLoss(FlowMapLoss):
 
     def sample_off_diagonal_pairs(self, n: int, like: Tensor) -> tuple[Tensor, Tensor]:
         """n pairs (s, t) for the off-diagonal rows (the diagonal share is already split off)."""
-        return self.times.sample_pairs(n, like.device, time_dtype(like), off_diagonal=True, step=self.step)
+        return self.times.sample_pairs(n, like.device, time_dtype(like), off_diagonal=True,
+                                       gap_scale=self.curriculum())
 
     def terms(self, model: FlowMap, batch: Batch, teacher: VelocityField | None, step: int) -> list[Term]:
         diag, off = split_batch(batch, self.times.diagonal_fraction)

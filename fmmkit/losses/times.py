@@ -102,14 +102,20 @@ class TimeSampling:
         """n times (n,)."""
         return self.t_min + (self.t_max - self.t_min) * self.unit(n, device, dtype)
 
+    def gap_scale(self, step: int) -> float:
+        """The curriculum's factor on every gap at optimiser step ``step``: min(1, step / gap_warmup_steps)
+        (1 without a curriculum)."""
+        return 1.0 if not self.gap_warmup_steps else min(1.0, step / self.gap_warmup_steps)
+
     def sample_pairs(
         self, n: int, device: torch.device | str, dtype: torch.dtype = torch.float32, *, off_diagonal: bool = False,
-        step: int | None = None,
+        step: int | None = None, gap_scale: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """n pairs (s, t), each (n,): s <= t for ``forward``, any order for ``both``; the first
         round(diagonal_fraction * n) pairs have s = t (= the pair's s), unless ``off_diagonal`` (the rows of a batch
         whose diagonal share a loss already split off); ``step`` (the optimiser step) applies
-        ``gap_warmup_steps``."""
+        ``gap_warmup_steps``, or ``gap_scale``, the factor :meth:`gap_scale` as a 0-dim tensor (no Python branch
+        on the step: a compiled loss reads each step's factor without recompiling; a factor of 1 leaves t as drawn)."""
         if self.pairs == "gap":
             gap = (self.t_max - self.t_min) * self.unit(n, device, dtype)
             s = self.t_min + (self.t_max - self.t_min - gap) * torch.rand(n, device=device, dtype=dtype)
@@ -124,8 +130,12 @@ class TimeSampling:
         n_anchor = diagonal_count(n - n_diag, self.anchor_fraction)
         if n_anchor:
             s = torch.cat([s[:n_diag], torch.full_like(s[n_diag:n_diag + n_anchor], self.t_min), s[n_diag + n_anchor:]])
-        if self.gap_warmup_steps and step is not None and step < self.gap_warmup_steps:
-            t = s + (t - s) * (step / self.gap_warmup_steps)  # after anchoring: anchored jumps are held back too
+        # after anchoring: anchored jumps are held back too
+        if gap_scale is not None:
+            scale = gap_scale.to(dtype)
+            t = torch.where(scale < 1, s + (t - s) * scale, t)
+        elif self.gap_warmup_steps and step is not None and step < self.gap_warmup_steps:
+            t = s + (t - s) * self.gap_scale(step)
         if n_diag:
             t = torch.cat([s[:n_diag], t[n_diag:]])
         return s, t

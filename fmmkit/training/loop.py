@@ -1,6 +1,7 @@
 """The training loop: run whatever the spec assembled, on one process or many, and write the run.
 
 One optimiser step (``train_pipeline``):
+  0. the loss's ``begin_step`` (per-step state it reads as tensors: the gap curriculum's factor);
   1. each micro-batch this process owns (``fmmkit.training.sharding``) draws its data from its own
      stream and runs the loss (under bf16 autocast on CUDA, JVPs in float32; compiled if asked),
      then backpropagates loss / (micro-batches per process);
@@ -253,6 +254,7 @@ def train_pipeline(pipeline: Pipeline, out: Path, progress: bool = True, *, env:
             while state.step < cfg.steps:
                 step = state.step
                 optimizer.zero_grad(set_to_none=True)
+                pipeline.loss.begin_step(step)
                 keys, means = forward_backward(pipeline, state, plan, compute, dtype, step)
                 values, stop_now = synchronise(state, env, sharded, keys, means, stop)
                 grad_norm = float(dist.gradient_norm(state.params(), env, device))
