@@ -380,3 +380,32 @@ def test_a_loss_passes_its_step_to_the_pair_curriculum() -> None:
     batch = Batch(torch.randn(64, 2))
     assert float(loss(model, batch, step=0).metrics["lagrangian"]) == 0.0
     assert float(loss(model, batch, step=10).metrics["lagrangian"]) > 1e-6
+
+
+def test_pairs_draw_from_their_own_distribution_and_the_diagonal_rows_from_the_velocity_one() -> None:
+    """``pair_distribution = "uniform"`` beside logit-normal(1, 1) times: off-diagonal pairs are sorted uniforms
+    (E[s] = 1/3, E[t] = 2/3), the s = t rows keep the logit-normal times (median sigmoid(1) = 0.731)."""
+    times = TimeSampling(distribution="logit_normal", logit_mean=1.0, pair_distribution="uniform", diagonal_fraction=0.5)
+    torch.manual_seed(0)
+    s, t = times.sample_pairs(40_000, "cpu", torch.float64)
+    diagonal, off = slice(0, 20_000), slice(20_000, None)
+    assert torch.equal(s[diagonal], t[diagonal]) and bool((s[off] <= t[off]).all())
+    assert abs(float(s[diagonal].median()) - 0.7311) < 0.01
+    assert abs(float(s[off].mean()) - 1 / 3) < 0.01 and abs(float(t[off].mean()) - 2 / 3) < 0.01
+    assert abs(float(times.sample(20_000, "cpu", torch.float64).median()) - 0.7311) < 0.01
+    s_o, t_o = times.sample_pairs(20_000, "cpu", torch.float64, off_diagonal=True)
+    assert abs(float(s_o.mean()) - 1 / 3) < 0.01 and abs(float(t_o.mean()) - 2 / 3) < 0.01
+    # "same" is the pairs' former behaviour, draw for draw
+    torch.manual_seed(1)
+    same = TimeSampling(distribution="logit_normal", logit_mean=1.0).sample_pairs(100, "cpu", torch.float64)
+    torch.manual_seed(1)
+    named = TimeSampling(distribution="logit_normal", logit_mean=1.0,
+                         pair_distribution="logit_normal").sample_pairs(100, "cpu", torch.float64)
+    assert all(torch.equal(a, b) for a, b in zip(same, named))
+
+
+def test_a_discrete_pair_distribution_needs_a_grid() -> None:
+    from fmmkit.core.validators import SpecValueError
+
+    with pytest.raises(SpecValueError, match='grid_size.*pair_distribution = "discrete"'):
+        TimeSampling(pair_distribution="discrete")

@@ -12,6 +12,12 @@ A spec chooses them in the nested table ``[loss.times]``:
   [0, t_max - t_min]) and then s uniformly on [t_min, t_max - d] (with ``order = "both"`` the pair is
   swapped with probability 1/2), so every gap length is equally likely for ``uniform``.
   ``TIME_ORDERS`` is the one vocabulary of time order, here and in :mod:`fmmkit.verification`.
+- ``pair_distribution``: the distribution of the off-diagonal pairs' draws when it should differ from the
+  s = t rows' (``"same"``, the default: ``distribution`` for both). The s = t rows train the velocity
+  v_{t,t}, the pairs the jumps; a velocity trained at logit-normal times while the pairs stay uniform
+  (so the long jumps from t = 0 that one-step sampling takes keep their share) made the main job's
+  one-step samples much sharper (issue 13, session 8: in the squares 0.865 -> 0.895; the same times for
+  the pairs too: 0.835). ``logit_mean``, ``logit_std`` and ``grid_size`` serve whichever uses them.
 - ``diagonal_fraction``: the share of the batch on s = t, the one key for it in every loss (the
   self-distillation losses' eta, MeanFlow's "fraction of r = t"); those rows are the first
   round(fraction * n) of the batch (batch rows are exchangeable) and keep the pair's start
@@ -41,6 +47,8 @@ from fmmkit.core.validators import SpecValueError, non_negative, one_of, positiv
 from fmmkit.moved import moved_getattr
 
 TIME_DISTRIBUTIONS = ("uniform", "logit_normal", "discrete")
+#: ``pair_distribution``: one of TIME_DISTRIBUTIONS, or "same" (the pairs draw from ``distribution``)
+PAIR_DISTRIBUTIONS = ("same", *TIME_DISTRIBUTIONS)
 #: "forward": s <= t (s <= u <= t for triples); "both": any order, maps backwards in time too.
 TIME_ORDERS = ("forward", "both")
 #: "independent": two draws, sorted for "forward"; "gap": the gap t - s drawn first, then s.
@@ -65,7 +73,8 @@ class TimeSampling:
     """Where losses sample times: distribution on [t_min, t_max], the order of pairs, the diagonal share.
 
     logit_mean, logit_std: of ``logit_normal``; grid_size: intervals of the ``discrete`` grid; pairs:
-    ``independent`` draws or a drawn ``gap`` (see the module docstring).
+    ``independent`` draws or a drawn ``gap``; pair_distribution: the off-diagonal pairs' own distribution
+    (see the module docstring).
     """
 
     distribution: str = attrs.field(default="uniform", validator=one_of(TIME_DISTRIBUTIONS))
@@ -81,26 +90,36 @@ class TimeSampling:
     anchor_fraction: float = attrs.field(default=0.0, validator=unit_interval)
     #: optimiser steps over which the largest gap t - s grows from 0 to its full range (0: no curriculum)
     gap_warmup_steps: int = attrs.field(default=0, validator=non_negative)
+    #: the off-diagonal pairs' distribution: "same" (``distribution``) or one of its own
+    pair_distribution: str = attrs.field(default="same", validator=one_of(PAIR_DISTRIBUTIONS))
 
     def __attrs_post_init__(self) -> None:
         if self.t_min > self.t_max:
             raise SpecValueError("t_max", f"must be >= t_min = {self.t_min}, got {self.t_max}")
-        if self.distribution == "discrete" and self.grid_size < 1:
-            raise SpecValueError("grid_size",
-                                 "must be >= 1 (the number of grid intervals) for distribution = \"discrete\"")
+        for key in ("distribution", "pair_distribution"):
+            if getattr(self, key) == "discrete" and self.grid_size < 1:
+                raise SpecValueError("grid_size",
+                                     f"must be >= 1 (the number of grid intervals) for {key} = \"discrete\"")
 
-    def unit(self, n: int, device: torch.device | str, dtype: torch.dtype) -> Tensor:
-        """n draws in [0, 1] of the chosen distribution before mapping to [t_min, t_max]."""
-        if self.distribution == "logit_normal":
+    @property
+    def pair_kind(self) -> str:
+        """The distribution the off-diagonal pairs draw from (``pair_distribution``, or ``distribution``)."""
+        return self.distribution if self.pair_distribution == "same" else self.pair_distribution
+
+    def unit(self, n: int, device: torch.device | str, dtype: torch.dtype, kind: str | None = None) -> Tensor:
+        """n draws in [0, 1] of distribution ``kind`` (default: ``distribution``) before mapping to [t_min, t_max]."""
+        kind = kind or self.distribution
+        if kind == "logit_normal":
             return torch.sigmoid(self.logit_mean + self.logit_std * torch.randn(n, device=device, dtype=dtype))
-        if self.distribution == "discrete":
+        if kind == "discrete":
             k = torch.randint(0, self.grid_size + 1, (n,), device=device)
             return k.to(dtype) / self.grid_size
         return torch.rand(n, device=device, dtype=dtype)
 
-    def sample(self, n: int, device: torch.device | str, dtype: torch.dtype = torch.float32) -> Tensor:
-        """n times (n,)."""
-        return self.t_min + (self.t_max - self.t_min) * self.unit(n, device, dtype)
+    def sample(self, n: int, device: torch.device | str, dtype: torch.dtype = torch.float32,
+               kind: str | None = None) -> Tensor:
+        """n times (n,) of distribution ``kind`` (default: ``distribution``, the times of the s = t rows)."""
+        return self.t_min + (self.t_max - self.t_min) * self.unit(n, device, dtype, kind)
 
     def gap_scale(self, step: int) -> float:
         """The curriculum's factor on every gap at optimiser step ``step``: min(1, step / gap_warmup_steps)
@@ -116,17 +135,20 @@ class TimeSampling:
         whose diagonal share a loss already split off); ``step`` (the optimiser step) applies
         ``gap_warmup_steps``, or ``gap_scale``, the factor :meth:`gap_scale` as a 0-dim tensor (no Python branch
         on the step: a compiled loss reads each step's factor without recompiling; a factor of 1 leaves t as drawn)."""
+        kind = self.pair_kind
         if self.pairs == "gap":
-            gap = (self.t_max - self.t_min) * self.unit(n, device, dtype)
+            gap = (self.t_max - self.t_min) * self.unit(n, device, dtype, kind)
             s = self.t_min + (self.t_max - self.t_min - gap) * torch.rand(n, device=device, dtype=dtype)
             t = s + gap
             if self.order == "both":
                 swap = torch.rand(n, device=device) < 0.5
                 s, t = torch.where(swap, t, s), torch.where(swap, s, t)
         else:
-            a, b = self.sample(n, device, dtype), self.sample(n, device, dtype)
+            a, b = self.sample(n, device, dtype, kind), self.sample(n, device, dtype, kind)
             s, t = (torch.minimum(a, b), torch.maximum(a, b)) if self.order == "forward" else (a, b)
         n_diag = 0 if off_diagonal else diagonal_count(n, self.diagonal_fraction)
+        if n_diag and kind != self.distribution:  # the s = t rows are velocity rows: the diagonal's own times
+            s = torch.cat([self.sample(n_diag, device, dtype), s[n_diag:]])
         n_anchor = diagonal_count(n - n_diag, self.anchor_fraction)
         if n_anchor:
             s = torch.cat([s[:n_diag], torch.full_like(s[n_diag:n_diag + n_anchor], self.t_min), s[n_diag + n_anchor:]])
