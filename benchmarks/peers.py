@@ -370,7 +370,7 @@ def markdown(rows: list[dict[str, Any]], costs: dict[str, float], seeds: list[in
 #: 3000 steps of batch 4096 on one thread (RESULTS.md, "Issue 13, session 6"); the gap curriculum keeps it stable
 DEFAULT_ENTRIES = [
     "fmmkit FM=checkerboard_teacher",
-    "fmmkit LSD=checkerboard_lsd;train.batch_size=256;train.steps=16000;loss.times.gap_warmup_steps=500",
+    "fmmkit LSD=checkerboard_lsd;train.batch_size=256;train.steps=16000",
     "fmmkit LMD=checkerboard_lmd",
 ]
 

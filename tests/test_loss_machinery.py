@@ -409,3 +409,18 @@ def test_a_discrete_pair_distribution_needs_a_grid() -> None:
 
     with pytest.raises(SpecValueError, match='grid_size.*pair_distribution = "discrete"'):
         TimeSampling(pair_distribution="discrete")
+
+
+def test_a_uniform_fraction_puts_a_floor_under_the_logit_normal_density() -> None:
+    """logit-normal(1, 1) alone draws t < 0.1 with probability 0.0007; with ``uniform_fraction = 0.2`` that is
+    0.2 x 0.1 + 0.8 x 0.0007 = 0.0206, and the other draws keep their law (the first 20% are the uniform ones)."""
+    torch.manual_seed(0)
+    plain = TimeSampling(distribution="logit_normal", logit_mean=1.0).sample(50_000, "cpu", torch.float64)
+    mixed = TimeSampling(distribution="logit_normal", logit_mean=1.0, uniform_fraction=0.2).sample(50_000, "cpu", torch.float64)
+    assert float((plain < 0.1).double().mean()) < 0.002
+    assert abs(float((mixed < 0.1).double().mean()) - 0.0206) < 0.003
+    assert abs(float(mixed[:10_000].mean()) - 0.5) < 0.01 and abs(float(mixed[10_000:].median()) - 0.7311) < 0.01
+    torch.manual_seed(0)
+    uniform = TimeSampling(uniform_fraction=0.2).sample(100, "cpu", torch.float64)
+    torch.manual_seed(0)
+    assert torch.equal(uniform, TimeSampling().sample(100, "cpu", torch.float64))  # uniform stays as it was

@@ -16,14 +16,14 @@ from fmmkit.training.loop import train
 
 FLOW_MAP_SPEC = "checkerboard_lsd"
 #: the quickstart's budget on top of the spec. The maps are limited by optimiser steps, not points per step (issue 13,
-#: RESULTS.md, sessions 6 and 7): 6000 steps of batch 256 on a 4 x 128 MLP (whose step costs per-operation overhead
-#: more than arithmetic) put 0.850 of the one-step samples in the squares and 0.874 of the two-step ones, in 115 s on
-#: two idle CPU cores; 2000 steps of batch 1024 on the spec's 4 x 256 MLP 0.826 and 0.842 (0.862 on the spec's
-#: two-step grid) in 132 s. The gap curriculum keeps batch 256 stable. One ODE row (midpoint, 16 steps) in the table
-#: instead of five solvers. The thread count is the default "auto" (2 on 2 idle cores, 1 when they are busy): this
-#: MLP's training gives the same weights, bit for bit, on 1 and 2 threads
+#: RESULTS.md, sessions 6 to 8): 6000 steps of batch 256 on a 4 x 128 MLP (whose step costs per-operation overhead
+#: more than arithmetic) fit two and a half minutes on two idle CPU cores (2000 steps of batch 1024 on the spec's
+#: 4 x 256 MLP took as long and put 0.826 of the one-step samples in the squares against 0.850 with the session-7 recipe,
+#: and 0.905 with the spec's session-8 times and optimiser). One ODE row (midpoint, 16 steps) in the table instead of
+#: five solvers. The thread count is the default "auto" (2 on 2 idle cores, 1 when they are busy): this MLP's training
+#: gives the same weights, bit for bit, on 1 and 2 threads
 QUICKSTART_OVERRIDES = ("model.width=128", "train.batch_size=256", "train.steps=6000",
-                        "loss.times.gap_warmup_steps=500", 'eval.ode=[{kind = "midpoint", steps = 16}]')
+                        'eval.ode=[{kind = "midpoint", steps = 16}]')
 
 
 def fresh_dir(out: Path) -> Path:

@@ -18,6 +18,10 @@ A spec chooses them in the nested table ``[loss.times]``:
   (so the long jumps from t = 0 that one-step sampling takes keep their share) made the main job's
   one-step samples much sharper (issue 13, session 8: in the squares 0.865 -> 0.895; the same times for
   the pairs too: 0.835). ``logit_mean``, ``logit_std`` and ``grid_size`` serve whichever uses them.
+- ``uniform_fraction``: the share of a logit-normal or discrete distribution's draws taken uniform on
+  [t_min, t_max] instead, a floor under its density: logit-normal(1, 1) alone almost never draws t < 0.1
+  (0.07%), so the velocity there stays untrained while the pairs' Lagrangian targets use it, and LSD on
+  the 8-D Gaussian diverged (issue 13, session 8); 0 keeps the distribution as it is.
 - ``diagonal_fraction``: the share of the batch on s = t, the one key for it in every loss (the
   self-distillation losses' eta, MeanFlow's "fraction of r = t"); those rows are the first
   round(fraction * n) of the batch (batch rows are exchangeable) and keep the pair's start
@@ -92,6 +96,8 @@ class TimeSampling:
     gap_warmup_steps: int = attrs.field(default=0, validator=non_negative)
     #: the off-diagonal pairs' distribution: "same" (``distribution``) or one of its own
     pair_distribution: str = attrs.field(default="same", validator=one_of(PAIR_DISTRIBUTIONS))
+    #: share of the draws of a logit-normal or discrete distribution taken uniform instead (a floor on the density)
+    uniform_fraction: float = attrs.field(default=0.0, validator=unit_interval)
 
     def __attrs_post_init__(self) -> None:
         if self.t_min > self.t_max:
@@ -109,12 +115,14 @@ class TimeSampling:
     def unit(self, n: int, device: torch.device | str, dtype: torch.dtype, kind: str | None = None) -> Tensor:
         """n draws in [0, 1] of distribution ``kind`` (default: ``distribution``) before mapping to [t_min, t_max]."""
         kind = kind or self.distribution
+        if kind == "uniform":
+            return torch.rand(n, device=device, dtype=dtype)
+        n_uniform = diagonal_count(n, self.uniform_fraction)  # rows are exchangeable: the first ones
         if kind == "logit_normal":
-            return torch.sigmoid(self.logit_mean + self.logit_std * torch.randn(n, device=device, dtype=dtype))
-        if kind == "discrete":
-            k = torch.randint(0, self.grid_size + 1, (n,), device=device)
-            return k.to(dtype) / self.grid_size
-        return torch.rand(n, device=device, dtype=dtype)
+            u = torch.sigmoid(self.logit_mean + self.logit_std * torch.randn(n - n_uniform, device=device, dtype=dtype))
+        else:  # discrete
+            u = torch.randint(0, self.grid_size + 1, (n - n_uniform,), device=device).to(dtype) / self.grid_size
+        return torch.cat([torch.rand(n_uniform, device=device, dtype=dtype), u]) if n_uniform else u
 
     def sample(self, n: int, device: torch.device | str, dtype: torch.dtype = torch.float32,
                kind: str | None = None) -> Tensor:
