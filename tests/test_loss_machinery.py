@@ -424,3 +424,15 @@ def test_a_uniform_fraction_puts_a_floor_under_the_logit_normal_density() -> Non
     uniform = TimeSampling(uniform_fraction=0.2).sample(100, "cpu", torch.float64)
     torch.manual_seed(0)
     assert torch.equal(uniform, TimeSampling().sample(100, "cpu", torch.float64))  # uniform stays as it was
+
+
+def test_the_uniform_fraction_reaches_the_pairs_behind_the_diagonal_rows() -> None:
+    """In pairs each endpoint is uniform with probability ``uniform_fraction``, so the off-diagonal rows (which
+    follow the s = t rows) get their share: P(s < 0.1) = 1 - (1 - 0.0206)^2 = 0.041 for a fifth, not the
+    logit-normal's 0.0014."""
+    times = TimeSampling(distribution="logit_normal", logit_mean=1.0, uniform_fraction=0.2, diagonal_fraction=0.5)
+    torch.manual_seed(0)
+    s, t = times.sample_pairs(80_000, "cpu", torch.float64)
+    off = s[40_000:]
+    assert abs(float((off < 0.1).double().mean()) - 0.0408) < 0.005
+    assert abs(float((s[:40_000] < 0.1).double().mean()) - 0.0408) < 0.005  # the s = t rows keep the pair's s

@@ -21,7 +21,8 @@ A spec chooses them in the nested table ``[loss.times]``:
 - ``uniform_fraction``: the share of a logit-normal or discrete distribution's draws taken uniform on
   [t_min, t_max] instead, a floor under its density: logit-normal(1, 1) alone almost never draws t < 0.1
   (0.07%), so the velocity there stays untrained while the pairs' Lagrangian targets use it, and LSD on
-  the 8-D Gaussian diverged (issue 13, session 8); 0 keeps the distribution as it is.
+  the 8-D Gaussian diverged (issue 13, session 8); 0 keeps the distribution as it is. A vector of times
+  takes its first rows uniform; the two draws of a pair are each uniform with that probability.
 - ``diagonal_fraction``: the share of the batch on s = t, the one key for it in every loss (the
   self-distillation losses' eta, MeanFlow's "fraction of r = t"); those rows are the first
   round(fraction * n) of the batch (batch rows are exchangeable) and keep the pair's start
@@ -112,22 +113,29 @@ class TimeSampling:
         """The distribution the off-diagonal pairs draw from (``pair_distribution``, or ``distribution``)."""
         return self.distribution if self.pair_distribution == "same" else self.pair_distribution
 
-    def unit(self, n: int, device: torch.device | str, dtype: torch.dtype, kind: str | None = None) -> Tensor:
-        """n draws in [0, 1] of distribution ``kind`` (default: ``distribution``) before mapping to [t_min, t_max]."""
+    def unit(self, n: int, device: torch.device | str, dtype: torch.dtype, kind: str | None = None, *,
+             per_draw: bool = False) -> Tensor:
+        """n draws in [0, 1] of distribution ``kind`` (default: ``distribution``) before mapping to [t_min, t_max];
+        ``uniform_fraction`` of them uniform: the first rows of the vector (its rows are exchangeable), or with
+        ``per_draw`` each draw with that probability (the pairs' endpoints, whose rows are not: the s = t rows lead)."""
         kind = kind or self.distribution
         if kind == "uniform":
             return torch.rand(n, device=device, dtype=dtype)
-        n_uniform = diagonal_count(n, self.uniform_fraction)  # rows are exchangeable: the first ones
+        n_uniform = 0 if per_draw else diagonal_count(n, self.uniform_fraction)
         if kind == "logit_normal":
             u = torch.sigmoid(self.logit_mean + self.logit_std * torch.randn(n - n_uniform, device=device, dtype=dtype))
         else:  # discrete
             u = torch.randint(0, self.grid_size + 1, (n - n_uniform,), device=device).to(dtype) / self.grid_size
+        if per_draw and self.uniform_fraction:
+            uniform = torch.rand(n, device=device) < self.uniform_fraction
+            return torch.where(uniform, torch.rand(n, device=device, dtype=dtype), u)
         return torch.cat([torch.rand(n_uniform, device=device, dtype=dtype), u]) if n_uniform else u
 
     def sample(self, n: int, device: torch.device | str, dtype: torch.dtype = torch.float32,
-               kind: str | None = None) -> Tensor:
-        """n times (n,) of distribution ``kind`` (default: ``distribution``, the times of the s = t rows)."""
-        return self.t_min + (self.t_max - self.t_min) * self.unit(n, device, dtype, kind)
+               kind: str | None = None, *, per_draw: bool = False) -> Tensor:
+        """n times (n,) of distribution ``kind`` (default: ``distribution``, the times of the s = t rows);
+        ``per_draw``: see :meth:`unit`."""
+        return self.t_min + (self.t_max - self.t_min) * self.unit(n, device, dtype, kind, per_draw=per_draw)
 
     def gap_scale(self, step: int) -> float:
         """The curriculum's factor on every gap at optimiser step ``step``: min(1, step / gap_warmup_steps)
@@ -145,14 +153,14 @@ class TimeSampling:
         on the step: a compiled loss reads each step's factor without recompiling; a factor of 1 leaves t as drawn)."""
         kind = self.pair_kind
         if self.pairs == "gap":
-            gap = (self.t_max - self.t_min) * self.unit(n, device, dtype, kind)
+            gap = (self.t_max - self.t_min) * self.unit(n, device, dtype, kind, per_draw=True)
             s = self.t_min + (self.t_max - self.t_min - gap) * torch.rand(n, device=device, dtype=dtype)
             t = s + gap
             if self.order == "both":
                 swap = torch.rand(n, device=device) < 0.5
                 s, t = torch.where(swap, t, s), torch.where(swap, s, t)
         else:
-            a, b = self.sample(n, device, dtype, kind), self.sample(n, device, dtype, kind)
+            a, b = self.sample(n, device, dtype, kind, per_draw=True), self.sample(n, device, dtype, kind, per_draw=True)
             s, t = (torch.minimum(a, b), torch.maximum(a, b)) if self.order == "forward" else (a, b)
         n_diag = 0 if off_diagonal else diagonal_count(n, self.diagonal_fraction)
         if n_diag and kind != self.distribution:  # the s = t rows are velocity rows: the diagonal's own times
