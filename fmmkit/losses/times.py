@@ -168,12 +168,11 @@ class TimeSampling:
         n_anchor = diagonal_count(n - n_diag, self.anchor_fraction)
         if n_anchor:
             s = torch.cat([s[:n_diag], torch.full_like(s[n_diag:n_diag + n_anchor], self.t_min), s[n_diag + n_anchor:]])
-        # after anchoring: anchored jumps are held back too
-        if gap_scale is not None:
+        if gap_scale is None and self.gap_warmup_steps and step is not None:
+            gap_scale = torch.tensor(self.gap_scale(step))
+        if gap_scale is not None:  # after anchoring: anchored jumps are held back too
             scale = gap_scale.to(dtype)
             t = torch.where(scale < 1, s + (t - s) * scale, t)
-        elif self.gap_warmup_steps and step is not None and step < self.gap_warmup_steps:
-            t = s + (t - s) * self.gap_scale(step)
         if n_diag:
             t = torch.cat([s[:n_diag], t[n_diag:]])
         return s, t
