@@ -44,6 +44,9 @@ TITLE = "Step cost and peak memory of each loss relative to flow matching"
 LOSSES: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("flow matching", "flow_matching", {}),
     ("LSD", "lagrangian_self_distillation", {}),
+    #: the loss as the built-in checkerboard_lsd spec configures it (half the batch on the diagonal, the stable
+    #: target, logit-normal velocity times, the gap curriculum): what a user of that spec pays per step
+    ("LSD (checkerboard_lsd spec)", "lagrangian_self_distillation", {"from_spec": "checkerboard_lsd"}),
     ("PSD-U", "progressive_self_distillation", {}),
     ("MeanFlow", "meanflow", {}),
     ("iMF", "improved_meanflow", {}),
@@ -80,12 +83,25 @@ def setting_spec(setting: str, kind: str, config: dict[str, Any], steps: int, lo
             "train": {"steps": steps, "batch_size": 4096 if peer else 512, "seed": 0, "threads": 1, "device": "cpu",
                       "log_every": log_every},
         }
-    spec.update({"name": f"step_cost_{setting}_{kind}", "loss": {"kind": kind, **config},
+    spec.update({"name": f"step_cost_{setting}_{kind}", "loss": loss_table(kind, config),
                  "checkpoint": {"every": 0}, "log": {"tensorboard": False},
                  "compile": {"enabled": False}})  # eager steps (compiled ones: benchmarks/compile_gain.py)
     if teacher is not None:
         spec["teacher"] = {"run": str(teacher)}
     return spec
+
+
+def loss_table(kind: str, config: dict[str, Any]) -> dict[str, Any]:
+    """The ``[loss]`` table of a row: ``{"from_spec": NAME}`` takes the built-in spec NAME's table as it is."""
+    if "from_spec" in config:
+        import tomllib
+
+        from fmmkit.spec.builtin import builtin_spec_path
+
+        table = tomllib.loads(builtin_spec_path(config["from_spec"]).read_text())["loss"]
+        assert table["kind"] == kind, f"spec {config['from_spec']} trains {table['kind']}, not {kind}"
+        return table
+    return {"kind": kind, **config}
 
 
 def registered_losses() -> list[tuple[str, str, dict[str, Any]]]:
@@ -283,9 +299,9 @@ def report(results: dict[str, Any], trees: list[Path], args: argparse.Namespace)
     command = (f"nice -n 5 .venv/bin/python benchmarks/step_cost.py --settings {' '.join(args.settings)} "
                f"--rounds {args.rounds} --steps {args.steps}"
                + ("" if args.memory else " --no-memory"))
-    lines = [f"Machine: {machine()}; the CPU was shared with other jobs (`uptime` before: "
-             f"`{results['uptime_before']}`; after: `{results['uptime_after']}`), so absolute times are inflated "
-             "and the ratios, taken within each round, are the figures to compare.",
+    lines = [f"Machine: {machine()}; `uptime` before: `{results['uptime_before']}`; after: "
+             f"`{results['uptime_after']}` (this VM's speed drifts between rounds even when idle, so absolute times "
+             "vary and the ratios, taken within each round, are the figures to compare).",
              f"Reproduce: `{command}`.", "",
              f"Time: fmmkit's real trainer (`fmmkit.train`, one torch thread): a run of {args.steps} steps minus a run of "
              f"{max(1, args.steps // 4)} steps (same set-up and warm-up), per step; CPU time of the process (what the "
@@ -300,6 +316,12 @@ def report(results: dict[str, Any], trees: list[Path], args: argparse.Namespace)
             name = "" if len(trees) == 1 else f" (tree {tree})"
             lines += ["", f"**{setting}**{name}: {SETTING_TEXT[setting]}", ""]
             lines += table(setting, results[setting], str(tree), args.rounds)
+    if args.rounds > 1:
+        lines += ["", f"Spread of the per-round time ratios (min-max over the {args.rounds} rounds): " + "; ".join(
+            f"**{setting}**{'' if len(trees) == 1 else f' ({tree.name})'}: " + ", ".join(
+                f"{label} {min(r):.2f}-{max(r):.2f}" for label, r in results[setting]["ratios"][str(tree)].items()
+                if label != "flow matching")
+            for setting in args.settings for tree in trees if args.rounds) + "."]
     return "\n".join(lines)
 
 
