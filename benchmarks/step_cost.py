@@ -44,7 +44,7 @@ TITLE = "Step cost and peak memory of each loss relative to flow matching"
 LOSSES: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("flow matching", "flow_matching", {}),
     ("LSD", "lagrangian_self_distillation", {}),
-    #: the loss as the built-in checkerboard_lsd spec configures it (half the batch on the diagonal, the stable
+    #: the loss as the built-in checkerboard_lsd spec configures it (60% of the batch on the diagonal, the stable
     #: target, logit-normal velocity times, the gap curriculum): what a user of that spec pays per step
     ("LSD (checkerboard_lsd spec)", "lagrangian_self_distillation", {"from_spec": "checkerboard_lsd"}),
     ("PSD-U", "progressive_self_distillation", {}),

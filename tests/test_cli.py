@@ -91,7 +91,7 @@ def test_python_api(flow_map: Path) -> None:
 def test_spec_show_fills_defaults_and_round_trips(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["spec", "show", str(ROOT / "examples/checkerboard_lsd.toml"), "--set", "train.steps=7"]) == 0
     shown = capsys.readouterr().out
-    assert "steps = 7" in shown and "diagonal_fraction = 0.5" in shown and "[optim]" in shown and "[[eval.ode]]" in shown
+    assert "steps = 7" in shown and "diagonal_fraction = 0.6" in shown and "[optim]" in shown and "[[eval.ode]]" in shown
     (tmp_path / "shown.toml").write_text(shown)
     assert spec_to_dict(load_spec(tmp_path / "shown.toml")) == spec_to_dict(
         load_spec(ROOT / "examples/checkerboard_lsd.toml", ["train.steps=7"]))
