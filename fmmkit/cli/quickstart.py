@@ -19,7 +19,8 @@ FLOW_MAP_SPEC = "checkerboard_lsd"
 #: RESULTS.md, sessions 6 to 8): 6000 steps of batch 256 on a 4 x 128 MLP (whose step costs per-operation overhead
 #: more than arithmetic) fit two and a half minutes on two idle CPU cores (2000 steps of batch 1024 on the spec's
 #: 4 x 256 MLP took as long and put 0.826 of the one-step samples in the squares against 0.850 with the session-7 recipe,
-#: and 0.905 with the spec's session-8 times and optimiser). One ODE row (midpoint, 16 steps) in the table instead of
+#: 0.905 with the spec's session-8 times and optimiser, and 0.904 with two steps at 0.931 since session 9's diagonal
+#: share). One ODE row (midpoint, 16 steps) in the table instead of
 #: five solvers. The thread count is the default "auto" (2 on 2 idle cores, 1 when they are busy): this MLP's training
 #: gives the same weights, bit for bit, on 1 and 2 threads
 QUICKSTART_OVERRIDES = ("model.width=128", "train.batch_size=256", "train.steps=6000",
