@@ -321,7 +321,7 @@ def report(results: dict[str, Any], trees: list[Path], args: argparse.Namespace)
             f"**{setting}**{'' if len(trees) == 1 else f' ({tree.name})'}: " + ", ".join(
                 f"{label} {min(r):.2f}-{max(r):.2f}" for label, r in results[setting]["ratios"][str(tree)].items()
                 if label != "flow matching")
-            for setting in args.settings for tree in trees if args.rounds) + "."]
+            for setting in args.settings for tree in trees) + "."]
     return "\n".join(lines)
 
 
