@@ -94,11 +94,10 @@ def setting_spec(setting: str, kind: str, config: dict[str, Any], steps: int, lo
 def loss_table(kind: str, config: dict[str, Any]) -> dict[str, Any]:
     """The ``[loss]`` table of a row: ``{"from_spec": NAME}`` takes the built-in spec NAME's table as it is."""
     if "from_spec" in config:
-        import tomllib
-
         from fmmkit.spec.builtin import builtin_spec_path
+        from fmmkit.spec.loader import read_toml
 
-        table = tomllib.loads(builtin_spec_path(config["from_spec"]).read_text())["loss"]
+        table = read_toml(builtin_spec_path(config["from_spec"]))["loss"]
         assert table["kind"] == kind, f"spec {config['from_spec']} trains {table['kind']}, not {kind}"
         return table
     return {"kind": kind, **config}

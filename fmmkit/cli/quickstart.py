@@ -16,7 +16,7 @@ from fmmkit.training.loop import train
 
 FLOW_MAP_SPEC = "checkerboard_lsd"
 #: the quickstart's budget on top of the spec. The maps are limited by optimiser steps, not points per step (issue 13,
-#: RESULTS.md, sessions 6 to 8): 6000 steps of batch 256 on a 4 x 128 MLP (whose step costs per-operation overhead
+#: RESULTS.md, sessions 6 to 9): 6000 steps of batch 256 on a 4 x 128 MLP (whose step costs per-operation overhead
 #: more than arithmetic) fit two and a half minutes on two idle CPU cores (2000 steps of batch 1024 on the spec's
 #: 4 x 256 MLP took as long and put 0.826 of the one-step samples in the squares against 0.850 with the session-7 recipe,
 #: 0.905 with the spec's session-8 times and optimiser, and 0.904 with two steps at 0.931 since session 9's diagonal
