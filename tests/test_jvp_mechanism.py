@@ -1,7 +1,8 @@
 """The faster derivative machinery of issue 13 computes what the formulation it replaced computed.
 
 Reference implementations live here, not in the package: ``torch.func.jvp`` for :func:`fmmkit.core.jvp.jvp`,
-and the shared loss machinery as it was before (one JVP over every row in ``eulerian_parts``). Every
+and the shared loss machinery as it was before (one JVP over every row in ``eulerian_parts`` and
+``lagrangian_parts``). Every
 registered loss, on the MLP and on the attention UNet, gives the same value and the same parameter
 gradients at a fixed seed with the package's machinery and with the references swapped in.
 """
@@ -19,7 +20,7 @@ import fmmkit.core.derivatives as derivatives_module
 from fmmkit.core import Batch, BuildContext, FlowMap
 from fmmkit.core.jvp import DualSiLU, FrozenWeightTangents, dual_numbers_unavailable, jvp
 from fmmkit.core.shapes import broadcast_time
-from fmmkit.core.derivatives import eulerian_velocity_derivative
+from fmmkit.core.derivatives import eulerian_velocity_derivative, time_derivative
 from fmmkit.losses.base import FlowMapLoss
 from fmmkit.registry import get_registry
 from fmmkit.spec.loader import _component
@@ -43,6 +44,12 @@ def reference_eulerian_parts(self: FlowMapLoss, model: FlowMap, x: Tensor, s: Te
     return v, broadcast_time(t - s, v).to(v.dtype) * total
 
 
+def reference_lagrangian_parts(self: FlowMapLoss, model: FlowMap, x: Tensor, s: Tensor, t: Tensor,
+                               y: Tensor | None, *, diagonal: int = 0) -> tuple[Tensor, Tensor]:
+    """``FlowMapLoss.lagrangian_parts`` before issue 13, session 10: one JVP in t over every row."""
+    return time_derivative(model, x, s, t, y=y, method=self.config.derivative)
+
+
 @pytest.fixture
 def reference_machinery(monkeypatch: pytest.MonkeyPatch) -> Any:
     """A context manager that swaps the reference machinery in."""
@@ -53,6 +60,7 @@ def reference_machinery(monkeypatch: pytest.MonkeyPatch) -> Any:
         with monkeypatch.context() as m:
             m.setattr(derivatives_module, "jvp", reference_jvp)
             m.setattr(FlowMapLoss, "eulerian_parts", reference_eulerian_parts)
+            m.setattr(FlowMapLoss, "lagrangian_parts", reference_lagrangian_parts)
             yield
 
     return swapped
@@ -156,9 +164,9 @@ def test_jvp_composes_with_functorch_transforms() -> None:
 
 # ---- every loss -------------------------------------------------------------------------------------
 
-def make_loss(name: str, shape: tuple[int, ...], teacher: Any) -> Any:
+def make_loss(name: str, shape: tuple[int, ...], teacher: Any, table: dict[str, Any] | None = None) -> Any:
     registry = get_registry()
-    component = _component({"kind": name}, "loss", "loss", "test", registry)
+    component = _component({"kind": name, **(table or {})}, "loss", "loss", "test", registry)
     ip = registry.build("interpolant", "linear", _component({"kind": "linear"}, "interpolant", "interpolant", "test",
                                                              registry).config, BuildContext())
     return registry.build("loss", name, component.config,
@@ -174,14 +182,14 @@ def loss_and_gradients(loss: Any, model: FlowMap, batch: Batch, teacher: Any, se
 
 
 def assert_same_loss(name: str, table: dict[str, Any], shape: tuple[int, ...], reference_machinery: Any,
-                     n: int = 64) -> None:
+                     n: int = 64, loss_table: dict[str, Any] | None = None) -> None:
     model = nonzero_output(build_model(table, shape))
     teacher = nonzero_output(build_model(table, shape)).eval().requires_grad_(False)
     batch = Batch(torch.randn(n, *shape))
     for seed in (0, 1):
-        fast = loss_and_gradients(make_loss(name, shape, teacher), model, batch, teacher, seed)
+        fast = loss_and_gradients(make_loss(name, shape, teacher, loss_table), model, batch, teacher, seed)
         with reference_machinery():
-            ref = loss_and_gradients(make_loss(name, shape, teacher), model, batch, teacher, seed)
+            ref = loss_and_gradients(make_loss(name, shape, teacher, loss_table), model, batch, teacher, seed)
         assert_close_to_scale(fast[0], ref[0], f"{name}: loss value", 1e-5)
         for (pname, _), a, b in zip(model.named_parameters(), fast[1], ref[1]):
             assert_close_to_scale(a, b, f"{name}: gradient of {pname}")
@@ -190,6 +198,23 @@ def assert_same_loss(name: str, table: dict[str, Any], shape: tuple[int, ...], r
 @pytest.mark.parametrize("name", sorted(get_registry().names("loss")))
 def test_every_loss_equals_its_reference_formulation_on_the_mlp(name: str, reference_machinery: Any) -> None:
     assert_same_loss(name, MLP_TABLE, (2,), reference_machinery)
+
+
+#: the distillation losses whose s = t rows skip the JVP, with the semigradient variants where they exist
+DIAGONAL_SPLIT = [("lagrangian_distillation", {}), ("lagrangian_distillation", {"semigradient": True}),
+                  ("eulerian_distillation", {}), ("eulerian_distillation", {"semigradient": True}),
+                  ("ayf_eulerian", {})]
+
+
+@pytest.mark.parametrize(("name", "extra"), DIAGONAL_SPLIT)
+def test_distillation_s_equal_t_rows_without_a_jvp_equal_one_jvp_over_every_row(
+        name: str, extra: dict[str, Any], reference_machinery: Any) -> None:
+    """With half the batch on s = t (``[loss.times] diagonal_fraction = 0.5``), LMD's and EMD's plain passes on
+    those rows (X_{t,t} = x, d/dt X = v_{t,t}; the Eulerian transport term is 0) give the value and the
+    parameter gradients of one JVP over every row."""
+    loss_table = {"times": {"diagonal_fraction": 0.5}, **extra}
+    assert make_loss(name, (2,), None, loss_table).diagonal_rows(64) == 32
+    assert_same_loss(name, MLP_TABLE, (2,), reference_machinery, loss_table=loss_table)
 
 
 @pytest.mark.parametrize("name", ["lagrangian_self_distillation", "meanflow", "lagrangian_distillation",

@@ -33,7 +33,7 @@ from fmmkit.core import Batch, BuildContext, FlowMap, Interpolant, InterpolantSa
 from fmmkit.core.flow_map import frozen_copy, time_dtype  # noqa: F401 (frozen_copy was defined here)
 from fmmkit.core.shapes import broadcast_time, mean_squares
 from fmmkit.core.validators import non_negative, one_of
-from fmmkit.core.derivatives import DERIVATIVE_METHODS, eulerian_velocity_derivative
+from fmmkit.core.derivatives import DERIVATIVE_METHODS, eulerian_velocity_derivative, time_derivative
 from fmmkit.losses.held import HeldCopy, prefixed, unprefixed
 from fmmkit.losses.stable_target import VELOCITY_TARGETS, stable_velocity
 from fmmkit.losses.guidance import (
@@ -264,14 +264,33 @@ class FlowMapLoss(Loss):
 
     def teacher_eulerian_parts(self, model: FlowMap, batch: Batch,
                                teacher: VelocityField | None) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """(s, t, b, v, T): :meth:`teacher_start`, then :meth:`eulerian_parts` along the teacher's b = b^_s(I_s)."""
+        """(s, t, b, v, T): :meth:`teacher_start`, then :meth:`eulerian_parts` along the teacher's b = b^_s(I_s)
+        (the s = t rows that ``[loss.times] diagonal_fraction`` puts first take no JVP: T = 0 there)."""
         s, t, x_s, b = self.teacher_start(batch, teacher)
-        v, transport = self.eulerian_parts(model, x_s, s, t, b, batch.y)
+        v, transport = self.eulerian_parts(model, x_s, s, t, b, batch.y, diagonal=self.diagonal_rows(len(batch)))
         return s, t, b, v, transport
 
     def diagonal_rows(self, n: int) -> int:
         """How many of the n pairs from :meth:`sample_pairs` have s = t: they come first."""
         return diagonal_count(n, self.times.diagonal_fraction)
+
+    def lagrangian_parts(
+        self, model: FlowMap, x: Tensor, s: Tensor, t: Tensor, y: Tensor | None, *, diagonal: int = 0
+    ) -> tuple[Tensor, Tensor]:
+        """(X_{s,t}(x), d/dt X_{s,t}(x)): one JVP in t with tangent 1 by ``config.derivative``.
+
+        The first ``diagonal`` rows have s = t (:meth:`diagonal_rows`): there X_{t,t}(x) = x and, since
+        X = x + (t - s) v_{s,t} gives d/dt X = v_{s,t} + (t - s) d/dt v_{s,t}, d/dt X = v_{t,t}(x); they take
+        a plain velocity pass and only the others the JVP. The value and gradient are those of one JVP over
+        every row (X_{t,t} = x carries no gradient either way); with dropout, its masks are drawn in two
+        passes instead of one (the same distribution, other draws)."""
+        if diagonal:
+            on = slice(0, diagonal)
+            v_diag = model.velocity(x[on], s[on], _rows(y, on))
+            off = slice(diagonal, None)
+            x_off, dt_off = self.lagrangian_parts(model, x[off], s[off], t[off], _rows(y, off))
+            return torch.cat([x[on].to(x_off.dtype), x_off]), torch.cat([v_diag.to(dt_off.dtype), dt_off])
+        return time_derivative(model, x, s, t, y=y, method=self.config.derivative)
 
     def eulerian_parts(
         self, model: FlowMap, x: Tensor, s: Tensor, t: Tensor, b: Tensor, y: Tensor | None, *, diagonal: int = 0
