@@ -148,6 +148,82 @@ def test_dual_silu_is_silu_and_its_derivative_with_exact_gradients() -> None:
     assert torch.autograd.gradgradcheck(DualSiLU.apply, (z, dz))
 
 
+#: a dual number a (5, 1) against a factor c (1, 3) without a tangent: products, quotients, sums, differences
+CONSTANT_FACTOR_OPS: dict[str, Any] = {
+    "a * c": lambda a, c: a * c, "c * a": lambda a, c: c * a, "2.5 * a": lambda a, c: 2.5 * a,
+    "torch.mul(a, c)": lambda a, c: torch.mul(a, c), "a.mul(c)": lambda a, c: a.mul(c),
+    "a / c": lambda a, c: a / c, "c / a": lambda a, c: c / a, "a / 4": lambda a, c: a / 4,
+    "a + c": lambda a, c: a + c, "c + a": lambda a, c: c + a, "a - c": lambda a, c: a - c,
+    "c - a": lambda a, c: c - a, "1 - a": lambda a, c: 1 - a,
+    "torch.add(c, a, alpha=3)": lambda a, c: torch.add(c, a, alpha=3.0),
+    "torch.sub(c, a, alpha=2)": lambda a, c: torch.sub(c, a, alpha=2.0),
+    "a.float() * c (dtype promotion)": lambda a, c: a.float() * c,
+    "(3 a + 1) / c - 2 a": lambda a, c: (a * 3 + 1) / c - 2 * a,
+}
+
+
+@pytest.mark.parametrize("op", sorted(CONSTANT_FACTOR_OPS))
+def test_a_dual_number_times_a_constant_equals_torch_func_jvp(op: str) -> None:
+    """Value, tangent (same shape as the value) and the gradients through both, against torch.func.jvp."""
+    fn = CONSTANT_FACTOR_OPS[op]
+    a = torch.rand(5, 1, dtype=torch.float64, requires_grad=True)
+    c, da = torch.rand(1, 3, dtype=torch.float64) + 0.5, torch.rand(5, 1, dtype=torch.float64)
+    got, ref = jvp(lambda x: fn(x, c), (a,), (da,)), torch.func.jvp(lambda x: fn(x, c), (a,), (da,))
+    assert got[1].shape == got[0].shape == ref[0].shape
+    for mine, theirs in zip(got, ref):
+        torch.testing.assert_close(mine.double(), theirs.double())
+    grads = [torch.autograd.grad(value.sum() + (tangent ** 2).sum(), a)[0] for value, tangent in (got, ref)]
+    torch.testing.assert_close(*grads)
+
+
+@pytest.mark.parametrize("norm", ["group_norm", "layer_norm"])
+@pytest.mark.parametrize("affine", ["weight and bias", "weight", "bias"])
+def test_a_normalization_with_a_constant_affine_map_equals_torch_func_jvp(norm: str, affine: str) -> None:
+    """Value, tangent and the gradients through both (input, weight and bias) against torch.func.jvp."""
+    x = torch.randn(3, 4, 5, dtype=torch.float64, requires_grad=True)
+    dx = torch.randn(3, 4, 5, dtype=torch.float64)
+    shape = (4,) if norm == "group_norm" else (4, 5)
+    weight = (torch.randn(shape, dtype=torch.float64) + 2).requires_grad_() if "weight" in affine else None
+    bias = torch.randn(shape, dtype=torch.float64).requires_grad_() if "bias" in affine else None
+
+    def fn(u: Tensor) -> Tensor:
+        if norm == "group_norm":
+            return nn.functional.group_norm(u, 2, weight, bias, eps=1e-5)
+        return nn.functional.layer_norm(u, (4, 5), weight=weight, bias=bias)
+
+    got, ref = jvp(fn, (x,), (dx,)), torch.func.jvp(fn, (x,), (dx,))
+    for mine, theirs in zip(got, ref):
+        torch.testing.assert_close(mine, theirs)
+    leaves = [p for p in (x, weight, bias) if p is not None]
+    grads = [torch.autograd.grad(value.sin().sum() + (tangent ** 2).sum(), leaves) for value, tangent in (got, ref)]
+    for mine, theirs in zip(*grads):
+        torch.testing.assert_close(mine, theirs)
+
+
+def test_a_constant_factor_makes_no_efficient_zero_tangent() -> None:
+    """This torch's own forward-mode rule for a * c with c tangent-free builds an "efficient zero" tangent
+    for c, whose kernels add a fixed ~0.16 ms per call (30x a product of two small dual numbers; RESULTS.md,
+    "Issue 13, session 10"); :func:`jvp` takes the product's tangent as da * c instead."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.names: list[str] = []
+
+        def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            self.names.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    t, c = torch.rand(16), torch.rand(1, 4)
+    with Ops() as ops:
+        jvp(lambda x: x[:, None] * c - 1.0, (t,), (torch.ones_like(t),))
+    with Ops() as reference:
+        torch.func.jvp(lambda x: x[:, None] * c - 1.0, (t,), (torch.ones_like(t),))
+    assert any("_efficientzerotensor" in name for name in reference.names)  # what the rule avoids
+    assert not any("_efficientzerotensor" in name for name in ops.names), ops.names
+
+
 def test_jvp_composes_with_functorch_transforms() -> None:
     """Under vmap (no batching rule for dual numbers) it falls back to torch.func.jvp; under jvp and grad
     dual numbers run inside the transform."""
