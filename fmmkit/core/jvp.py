@@ -12,6 +12,11 @@ Both matter for speed, measured in benchmarks/jvp_mechanisms.py (RESULTS.md, "St
   in a backward through the JVP). A network's parameters never carry a tangent here, so
   :class:`FrozenWeightTangents` computes such layers as two ordinary calls, primal ``f(x; W, b)`` and
   tangent ``f(dx; W)``, joined into a dual number: one product for the tangent instead of two;
+- a product, quotient, sum or difference of a dual number and a tensor or number without a tangent
+  (a time embedding's ``t * freqs``, ``t - s``), and a group or layer norm whose affine weight has
+  none: torch's rule builds the missing tangent as an "efficient zero" tensor, a fixed ~0.16 ms per
+  call here (30x a product of two small dual numbers); the tangent is taken as ``da * c``, ``da``,
+  ``d norm(x) * w`` instead (benchmarks/dual_constant_ops.py);
 - SiLU's forward-mode rule is a chain of differentiable multiplications whose backward costs about 8x a
   plain SiLU's; :class:`DualSiLU` computes (silu(z), silu'(z) dz) in two fused kernels and its backward
   (silu'(z) g_h + silu''(z) dz g_dh, silu'(z) g_dh) in eight, half the time (the backbones' only
