@@ -33,15 +33,14 @@ LOSSES = {"LMD": {"kind": "lagrangian_distillation"}, "EMD": {"kind": "eulerian_
 FLOW_MAP_STEPS = (1, 2, 4)
 
 
-def budget(args: argparse.Namespace, seed: int) -> argparse.Namespace:
-    """benchmarks/losses.py's budget (its argparse defaults) at ``seed``."""
-    ns = argparse.Namespace(width=128, depth=4, time_dim=2, lr=2e-3, steps=args.steps, batch=512, threads=1)
-    ns.seed = seed
-    return ns
+def budget(args: argparse.Namespace) -> argparse.Namespace:
+    """benchmarks/losses.py's budget (its argparse defaults), ``--steps`` steps."""
+    return argparse.Namespace(width=128, depth=4, time_dim=2, lr=2e-3, steps=args.steps, batch=512, threads=1)
 
 
 def spec(args: argparse.Namespace, seed: int, loss: dict[str, Any], teacher: Path | None) -> dict[str, Any]:
-    out = base_spec(budget(args, seed), loss["kind"], loss)
+    """The run spec of one cell: the budget, ``loss``, the training seed and the teacher run (if any)."""
+    out = base_spec(budget(args), loss["kind"], loss)
     out["train"]["seed"] = seed
     if teacher is not None:
         out["teacher"] = {"run": str(teacher.resolve())}
